@@ -1,0 +1,196 @@
+// Package envelope defines jetsync's event envelope and how it maps onto a
+// JetStream message: subject events.<category>.<streamId>, data in the body,
+// everything else in headers.
+package envelope
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/nats-io/nats.go"
+)
+
+// SubjectPrefix is the first token of every event subject.
+const SubjectPrefix = "events"
+
+// Header names. Nats-Msg-Id is JetStream's own deduplication header.
+const (
+	HeaderID       = nats.MsgIdHdr // "Nats-Msg-Id"
+	HeaderType     = "Jetsync-Type"
+	HeaderVersion  = "Jetsync-Version"
+	HeaderTime     = "Jetsync-Time"
+	HeaderMetadata = "Jetsync-Metadata"
+)
+
+// MaxTokenLen bounds category and stream id lengths; a subject is not a blob.
+const MaxTokenLen = 256
+
+// Event is one domain event. Position is its global position, the JetStream
+// stream sequence, and is only known once the event is stored.
+type Event struct {
+	ID       string          `json:"id"`
+	StreamID string          `json:"streamId"`
+	Category string          `json:"category"`
+	Type     string          `json:"type"`
+	Version  uint64          `json:"version"`
+	Time     time.Time       `json:"time"`
+	Data     json.RawMessage `json:"data"`
+	Metadata json.RawMessage `json:"metadata,omitempty"`
+	Position uint64          `json:"position,omitempty"`
+}
+
+// Subject is the JetStream subject the event is stored under.
+func (e *Event) Subject() string {
+	return SubjectPrefix + "." + e.Category + "." + e.StreamID
+}
+
+// StreamSubject is the subject of every event of one stream.
+func StreamSubject(category, streamID string) string {
+	return SubjectPrefix + "." + category + "." + streamID
+}
+
+// Size is the number of bytes the event costs in a batch: its body plus a
+// rough allowance for the headers. It is used for byte-based batching.
+func (e *Event) Size() int {
+	return len(e.Data) + len(e.Metadata) + len(e.ID) + len(e.Type) + len(e.StreamID) + len(e.Category) + 64
+}
+
+// ValidateToken checks that s can stand as one subject token. field is the
+// name used in the error message.
+func ValidateToken(field, s string) error {
+	switch {
+	case s == "":
+		return fieldErr(field, "is required and must not be empty")
+	case len(s) > MaxTokenLen:
+		return fieldErr(field, fmt.Sprintf("is %d bytes long; use at most %d", len(s), MaxTokenLen))
+	case !utf8.ValidString(s):
+		return fieldErr(field, "must be valid UTF-8")
+	}
+	for _, r := range s {
+		switch {
+		case r == '.':
+			return fieldErr(field, fmt.Sprintf("%q contains '.', which separates subject tokens; use '-' or '_' instead", s))
+		case r == '*' || r == '>':
+			return fieldErr(field, fmt.Sprintf("%q contains the wildcard %q, which subjects cannot hold; remove it", s, r))
+		case r == ' ' || r == '\t' || r == '\r' || r == '\n' || r < 0x20 || r == 0x7f:
+			return fieldErr(field, fmt.Sprintf("%q contains whitespace or a control character; remove it", s))
+		}
+	}
+	return nil
+}
+
+// ValidateNew checks an event before it is appended. prefix is prepended to
+// field names (e.g. "events[3].") so errors point into the request. Version
+// is not checked here: the bridge assigns it on append.
+func (e *Event) ValidateNew(prefix string) error {
+	if e.ID == "" {
+		return fieldErr(prefix+"id", "is required: a unique id per event, used for deduplication (e.g. a UUID)")
+	}
+	if len(e.ID) > MaxTokenLen || strings.ContainsAny(e.ID, " \t\r\n") {
+		return fieldErr(prefix+"id", fmt.Sprintf("must be 1..%d bytes without whitespace", MaxTokenLen))
+	}
+	if err := ValidateToken(prefix+"category", e.Category); err != nil {
+		return err
+	}
+	if err := ValidateToken(prefix+"streamId", e.StreamID); err != nil {
+		return err
+	}
+	if e.Type == "" {
+		return fieldErr(prefix+"type", "is required: the event type, e.g. \"OrderPlaced\"")
+	}
+	if strings.ContainsAny(e.Type, "\r\n") || len(e.Type) > MaxTokenLen {
+		return fieldErr(prefix+"type", "must be one line of at most 256 bytes")
+	}
+	if len(e.Data) == 0 {
+		return fieldErr(prefix+"data", "is required: the event payload as JSON (use {} for none)")
+	}
+	if !json.Valid(e.Data) {
+		return fieldErr(prefix+"data", "is not valid JSON")
+	}
+	if len(e.Metadata) > 0 && !isJSONObjectOrNull(e.Metadata) {
+		return fieldErr(prefix+"metadata", "must be a JSON object, e.g. {\"correlationId\":\"...\"}")
+	}
+	return nil
+}
+
+// Validate checks a complete event, as read from an import file.
+func (e *Event) Validate(prefix string) error {
+	if err := e.ValidateNew(prefix); err != nil {
+		return err
+	}
+	if e.Version == 0 {
+		return fieldErr(prefix+"version", "is required: the event's version within its stream, starting at 1")
+	}
+	return nil
+}
+
+func isJSONObjectOrNull(b []byte) bool {
+	var m map[string]json.RawMessage
+	return json.Unmarshal(b, &m) == nil
+}
+
+// ToMsg builds the JetStream message for the event. The data is not copied.
+func (e *Event) ToMsg() *nats.Msg {
+	m := &nats.Msg{Subject: e.Subject(), Data: e.Data, Header: make(nats.Header, 5)}
+	// Assigning the map directly skips the canonicalisation nats.Header.Set does;
+	// these keys are already canonical.
+	m.Header[HeaderID] = []string{e.ID}
+	m.Header[HeaderType] = []string{e.Type}
+	m.Header[HeaderVersion] = []string{strconv.FormatUint(e.Version, 10)}
+	m.Header[HeaderTime] = []string{e.Time.UTC().Format(time.RFC3339Nano)}
+	if len(e.Metadata) > 0 && string(e.Metadata) != "null" {
+		m.Header[HeaderMetadata] = []string{string(e.Metadata)}
+	}
+	return m
+}
+
+// FromMsg decodes an event from a stored message's subject, headers and body.
+// position is the message's stream sequence. Errors wrap ErrInvalid: a message
+// that fails here was not written by jetsync, or was damaged.
+func FromMsg(subject string, hdr nats.Header, data []byte, position uint64) (Event, error) {
+	ev := Event{Data: data, Position: position}
+	rest, ok := strings.CutPrefix(subject, SubjectPrefix+".")
+	if !ok {
+		return ev, fieldErr("subject", fmt.Sprintf("%q does not start with %q", subject, SubjectPrefix+"."))
+	}
+	ev.Category, ev.StreamID, ok = strings.Cut(rest, ".")
+	if !ok || ev.Category == "" || ev.StreamID == "" || strings.Contains(ev.StreamID, ".") {
+		return ev, fieldErr("subject", fmt.Sprintf("%q is not of the form events.<category>.<streamId>", subject))
+	}
+	ev.ID = first(hdr, HeaderID)
+	if ev.ID == "" {
+		return ev, fieldErr(HeaderID, "header is missing")
+	}
+	ev.Type = first(hdr, HeaderType)
+	if ev.Type == "" {
+		return ev, fieldErr(HeaderType, "header is missing")
+	}
+	v, err := strconv.ParseUint(first(hdr, HeaderVersion), 10, 64)
+	if err != nil || v == 0 {
+		return ev, fieldErr(HeaderVersion, fmt.Sprintf("header %q is not a positive integer", first(hdr, HeaderVersion)))
+	}
+	ev.Version = v
+	if ts := first(hdr, HeaderTime); ts != "" {
+		t, err := time.Parse(time.RFC3339Nano, ts)
+		if err != nil {
+			return ev, fieldErr(HeaderTime, fmt.Sprintf("header %q is not an RFC 3339 time", ts))
+		}
+		ev.Time = t
+	}
+	if md := first(hdr, HeaderMetadata); md != "" {
+		ev.Metadata = json.RawMessage(md)
+	}
+	return ev, nil
+}
+
+// first is hdr.Get without canonicalising the key on every call.
+func first(hdr nats.Header, key string) string {
+	if v := hdr[key]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}

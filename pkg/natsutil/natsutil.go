@@ -1,0 +1,160 @@
+// Package natsutil holds what every jetsync process does with NATS: connect
+// (or run an embedded JetStream server), and provision the event stream.
+package natsutil
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetsync/jetsync/pkg/config"
+	"github.com/jetsync/jetsync/pkg/envelope"
+)
+
+// DefaultStream is the JetStream stream that holds every event.
+const DefaultStream = "EVENTS"
+
+// Connect dials url and keeps reconnecting forever: a sink or bridge outlives
+// NATS restarts instead of dying with them.
+func Connect(url, name string, log *slog.Logger) (*nats.Conn, error) {
+	nc, err := nats.Connect(url,
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+		nats.RetryOnFailedConnect(false),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("disconnected from NATS", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("reconnected to NATS", "url", c.ConnectedUrl()) }),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to NATS at %s: %w", url, err)
+	}
+	return nc, nil
+}
+
+// EmbeddedConfig configures the in-process NATS server the bridge runs when
+// no NATS URL is given.
+type EmbeddedConfig struct {
+	Host     string `yaml:"host"`
+	Port     int    `yaml:"port"`      // -1 picks a free port
+	StoreDir string `yaml:"store_dir"` // JetStream file store
+}
+
+// Validate reports problems under the key prefix.
+func (c EmbeddedConfig) Validate(prefix string, p *config.Problems) {
+	if c.StoreDir == "" {
+		p.Addf(prefix+".store_dir", "is required: a directory for the embedded JetStream file store, e.g. ./data/nats")
+	}
+	if c.Port < -1 || c.Port > 65535 {
+		p.Addf(prefix+".port", "must be a TCP port (0..65535) or -1 for a free one, got %d", c.Port)
+	}
+}
+
+// RunEmbedded starts a JetStream-enabled NATS server in this process.
+func RunEmbedded(c EmbeddedConfig) (*server.Server, error) {
+	opts := &server.Options{
+		ServerName: "jetsync-embedded",
+		Host:       c.Host,
+		Port:       c.Port,
+		JetStream:  true,
+		StoreDir:   c.StoreDir,
+		NoSigs:     true,
+		NoLog:      true,
+	}
+	if opts.Host == "" {
+		opts.Host = "127.0.0.1"
+	}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("embedded NATS: %w", err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(15 * time.Second) {
+		s.Shutdown()
+		return nil, errors.New("embedded NATS did not become ready within 15s")
+	}
+	return s, nil
+}
+
+// StreamConfig is the part of the event stream a user configures.
+type StreamConfig struct {
+	Name            string          `yaml:"name"`
+	Replicas        int             `yaml:"replicas"`
+	MaxAge          time.Duration   `yaml:"max_age"`   // 0 keeps events forever
+	MaxBytes        config.ByteSize `yaml:"max_bytes"` // 0 means no limit
+	DuplicateWindow time.Duration   `yaml:"duplicate_window"`
+	// The stream is the write model's log: deleting or purging events is
+	// refused unless explicitly allowed.
+	AllowDelete bool `yaml:"allow_delete"`
+	AllowPurge  bool `yaml:"allow_purge"`
+}
+
+// DefaultStreamConfig is what the bridge provisions unless told otherwise.
+func DefaultStreamConfig() StreamConfig {
+	return StreamConfig{Name: DefaultStream, Replicas: 1, DuplicateWindow: 2 * time.Minute}
+}
+
+// Validate reports problems under the key prefix.
+func (c StreamConfig) Validate(prefix string, p *config.Problems) {
+	if err := envelope.ValidateToken(prefix+".name", c.Name); err != nil {
+		p.Add(&config.KeyError{Key: prefix + ".name", Reason: "must be a stream name without dots, spaces or wildcards, e.g. EVENTS"})
+	}
+	if c.Replicas < 1 || c.Replicas > 5 {
+		p.Addf(prefix+".replicas", "must be between 1 and 5, got %d", c.Replicas)
+	}
+	if c.MaxAge < 0 {
+		p.Addf(prefix+".max_age", "must not be negative; use 0 to keep events forever")
+	}
+	if c.MaxBytes < 0 {
+		p.Addf(prefix+".max_bytes", "must not be negative; use 0 for no limit")
+	}
+	if c.DuplicateWindow <= 0 {
+		p.Addf(prefix+".duplicate_window", "must be positive, e.g. 2m: appends retried within it are deduplicated by event id")
+	}
+	if c.MaxAge > 0 && c.DuplicateWindow > c.MaxAge {
+		p.Addf(prefix+".duplicate_window", "must not exceed max_age (%s)", c.MaxAge)
+	}
+}
+
+// JetStreamConfig turns the user's settings into the stream's configuration.
+func (c StreamConfig) JetStreamConfig() jetstream.StreamConfig {
+	maxBytes := int64(c.MaxBytes)
+	if maxBytes == 0 {
+		maxBytes = -1
+	}
+	return jetstream.StreamConfig{
+		Name:               c.Name,
+		Description:        "jetsync domain events: events.<category>.<streamId>",
+		Subjects:           []string{envelope.SubjectPrefix + ".>"},
+		Storage:            jetstream.FileStorage,
+		Retention:          jetstream.LimitsPolicy,
+		Replicas:           c.Replicas,
+		MaxAge:             c.MaxAge,
+		MaxBytes:           maxBytes,
+		Duplicates:         c.DuplicateWindow,
+		AllowDirect:        true,
+		AllowAtomicPublish: true,
+		DenyDelete:         !c.AllowDelete,
+		DenyPurge:          !c.AllowPurge,
+		Discard:            jetstream.DiscardOld,
+	}
+}
+
+// EnsureStream creates the event stream or updates it to the wanted
+// configuration; running it twice changes nothing.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, c StreamConfig) (jetstream.Stream, error) {
+	s, err := js.CreateOrUpdateStream(ctx, c.JetStreamConfig())
+	if err != nil {
+		return nil, fmt.Errorf("provisioning stream %s: %w (atomic batch publish needs nats-server >= 2.12)", c.Name, err)
+	}
+	return s, nil
+}

@@ -1,0 +1,138 @@
+package sink
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jetsync/jetsync/pkg/config"
+	"github.com/jetsync/jetsync/pkg/envelope"
+	"github.com/jetsync/jetsync/pkg/natsutil"
+)
+
+// Error policies for an event the target refuses for good.
+const (
+	OnErrorStop = "stop" // halt the sink with the checkpoint just before the event
+	OnErrorSkip = "skip" // log the event with its position and move on
+)
+
+// Config is what every sink service shares. Services embed it with
+// `yaml:",inline"` so its keys sit at the top of their YAML file.
+type Config struct {
+	Name    string      `yaml:"name"`
+	NATS    NATSConfig  `yaml:"nats"`
+	Stream  string      `yaml:"stream"`
+	Filters []string    `yaml:"filters"`
+	Batch   BatchConfig `yaml:"batch"`
+	Retry   RetryConfig `yaml:"retry"`
+	OnError string      `yaml:"on_error"`
+	// ShutdownTimeout bounds how long SIGTERM may spend flushing the last
+	// batch; what is not written by then is read again on the next start.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	Checkpoint      struct {
+		Bucket string `yaml:"bucket"`
+	} `yaml:"checkpoint"`
+}
+
+// NATSConfig says where the event stream lives.
+type NATSConfig struct {
+	URL string `yaml:"url"`
+}
+
+// BatchConfig: a batch is flushed when any limit is reached.
+type BatchConfig struct {
+	MaxEvents   int             `yaml:"max_events"`
+	MaxBytes    config.ByteSize `yaml:"max_bytes"`
+	MaxInterval time.Duration   `yaml:"max_interval"`
+}
+
+// RetryConfig shapes the exponential backoff (with jitter) of transient
+// failures. Retries never give up: a sink waits for its target.
+type RetryConfig struct {
+	Initial time.Duration `yaml:"initial"`
+	Max     time.Duration `yaml:"max"`
+}
+
+// DefaultConfig holds the defaults every sink starts from.
+func DefaultConfig(name string) Config {
+	c := Config{
+		Name:            name,
+		NATS:            NATSConfig{URL: "nats://127.0.0.1:4222"},
+		Stream:          natsutil.DefaultStream,
+		Filters:         []string{envelope.SubjectPrefix + ".>"},
+		Batch:           BatchConfig{MaxEvents: 1000, MaxBytes: 1 << 20, MaxInterval: 20 * time.Millisecond},
+		Retry:           RetryConfig{Initial: 50 * time.Millisecond, Max: 5 * time.Second},
+		OnError:         OnErrorStop,
+		ShutdownTimeout: 10 * time.Second,
+	}
+	c.Checkpoint.Bucket = "jetsync-checkpoints"
+	return c
+}
+
+// Validate reports every problem of the shared keys.
+func (c *Config) Validate(p *config.Problems) {
+	if err := envelope.ValidateToken("name", c.Name); err != nil {
+		p.Addf("name", "must be a sink name without dots, spaces or wildcards, e.g. cache (got %q)", c.Name)
+	}
+	if c.NATS.URL == "" {
+		p.Addf("nats.url", "is required, e.g. nats://127.0.0.1:4222")
+	}
+	if err := envelope.ValidateToken("stream", c.Stream); err != nil {
+		p.Addf("stream", "must be a JetStream stream name, e.g. EVENTS (got %q)", c.Stream)
+	}
+	if len(c.Filters) == 0 {
+		p.Addf("filters", "needs at least one subject filter, e.g. events.> or events.order.>")
+	}
+	for i, f := range c.Filters {
+		if err := validateFilter(f); err != nil {
+			p.Addf(fmt.Sprintf("filters[%d]", i), "%v", err)
+		}
+	}
+	if c.Batch.MaxEvents < 1 {
+		p.Addf("batch.max_events", "must be at least 1, got %d", c.Batch.MaxEvents)
+	}
+	if c.Batch.MaxBytes < 1024 {
+		p.Addf("batch.max_bytes", "must be at least 1KiB, got %d bytes", c.Batch.MaxBytes)
+	}
+	if c.Batch.MaxInterval <= 0 {
+		p.Addf("batch.max_interval", "must be positive, e.g. 20ms")
+	}
+	if c.Retry.Initial <= 0 {
+		p.Addf("retry.initial", "must be positive, e.g. 50ms")
+	}
+	if c.Retry.Max < c.Retry.Initial {
+		p.Addf("retry.max", "must be at least retry.initial (%s)", c.Retry.Initial)
+	}
+	if c.OnError != OnErrorStop && c.OnError != OnErrorSkip {
+		p.Addf("on_error", "must be %q or %q, got %q", OnErrorStop, OnErrorSkip, c.OnError)
+	}
+	if c.ShutdownTimeout <= 0 {
+		p.Addf("shutdown_timeout", "must be positive, e.g. 10s")
+	}
+	if err := envelope.ValidateToken("checkpoint.bucket", c.Checkpoint.Bucket); err != nil {
+		p.Addf("checkpoint.bucket", "must be a KV bucket name without dots or spaces (got %q)", c.Checkpoint.Bucket)
+	}
+}
+
+// validateFilter accepts events.>, events.<category>.> and the like: tokens
+// without spaces, wildcards only as whole tokens and '>' only last.
+func validateFilter(f string) error {
+	toks := strings.Split(f, ".")
+	if toks[0] != envelope.SubjectPrefix || len(toks) < 2 {
+		return fmt.Errorf("%q must start with %q, e.g. events.> or events.order.>", f, envelope.SubjectPrefix+".")
+	}
+	for i, t := range toks {
+		switch {
+		case t == "":
+			return fmt.Errorf("%q has an empty token", f)
+		case t == ">" && i != len(toks)-1:
+			return fmt.Errorf("%q: '>' may only be the last token", f)
+		case t != "*" && t != ">" && strings.ContainsAny(t, "*> \t"):
+			return fmt.Errorf("%q: wildcards must stand alone as a token and spaces are not allowed", f)
+		}
+	}
+	if len(toks) > 3 {
+		return fmt.Errorf("%q has more tokens than events.<category>.<streamId>", f)
+	}
+	return nil
+}

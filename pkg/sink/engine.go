@@ -1,0 +1,403 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetsync/jetsync/pkg/checkpoint"
+	"github.com/jetsync/jetsync/pkg/envelope"
+)
+
+// pendingEvents bounds the events decoded but not yet batched, between the
+// consumer and the batch loop. Memory of a sink is bounded by about
+// 3 × batch.max_bytes: the batch being written, the batch filling up, and
+// what the consumer has pulled ahead.
+const pendingEvents = 256
+
+// Engine runs one sink: ordered consumer → batcher → writer → checkpoint.
+type Engine struct {
+	cfg   Config
+	js    jetstream.JetStream
+	w     Writer
+	store checkpoint.Store // nil when w is a CheckpointWriter
+	log   *slog.Logger
+	stats stats
+}
+
+// New checks the pieces fit together. store may be nil only when w is a
+// CheckpointWriter.
+func New(cfg Config, js jetstream.JetStream, w Writer, store checkpoint.Store, log *slog.Logger) (*Engine, error) {
+	if _, ok := w.(CheckpointWriter); ok {
+		store = nil // the target keeps the checkpoint, atomically with the data
+	} else if store == nil {
+		return nil, errors.New("sink: a checkpoint store is required for a writer that does not keep its own")
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	e := &Engine{cfg: cfg, js: js, w: w, store: store, log: log.With("sink", cfg.Name)}
+	e.stats.setState(StateStarting)
+	return e, nil
+}
+
+// Stats returns the sink's counters.
+func (e *Engine) Stats() Snapshot { return e.stats.snapshot(e.cfg.Name) }
+
+// item is one message from the consumer, decoded or not.
+type item struct {
+	ev  envelope.Event
+	err error // the message is not a valid event
+}
+
+// Run consumes until ctx is cancelled, then flushes what it holds and saves
+// the checkpoint, taking at most cfg.ShutdownTimeout for that. It returns nil
+// after a clean stop, ErrStopped when the error policy halted it, and other
+// errors when it could not go on.
+func (e *Engine) Run(ctx context.Context) (err error) {
+	defer func() {
+		e.stats.setState(StateStopped)
+		if err != nil {
+			e.stats.setError(err)
+		}
+	}()
+
+	// Writes may outlive ctx by ShutdownTimeout so the last batch lands.
+	wctx, wcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer wcancel()
+	stopShutdownTimer := context.AfterFunc(ctx, func() { time.AfterFunc(e.cfg.ShutdownTimeout, wcancel) })
+	defer stopShutdownTimer()
+
+	if err := e.retry(ctx, "connect to target", e.w.Connect); err != nil {
+		return e.cleanStop(err)
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if cerr := e.w.Close(cctx); cerr != nil {
+			e.log.Warn("closing target", "err", cerr)
+		}
+	}()
+
+	var pos uint64
+	if err := e.retry(ctx, "load checkpoint", func(ctx context.Context) (err error) {
+		pos, err = e.loadCheckpoint(ctx)
+		return err
+	}); err != nil {
+		return e.cleanStop(err)
+	}
+	e.stats.checkpoint.Store(pos)
+
+	var it jetstream.MessagesContext
+	if err := e.retry(ctx, "start consumer", func(ctx context.Context) (err error) {
+		it, err = e.consume(ctx, pos)
+		return err
+	}); err != nil {
+		return e.cleanStop(err)
+	}
+	e.log.Info("sink started", "from", pos+1, "filters", e.cfg.Filters)
+	e.stats.setState(StateRunning)
+
+	items := make(chan item, pendingEvents)
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		e.read(it, items)
+	}()
+	defer func() { it.Stop(); <-readerDone }()
+
+	batches := make(chan *Batch)
+	writerDone := make(chan struct{})
+	var writerErr error
+	go func() {
+		defer close(writerDone)
+		writerErr = e.writeLoop(wctx, batches)
+	}()
+
+	loopErr := e.batchLoop(ctx, items, batches, writerDone)
+	close(batches)
+	<-writerDone
+	if writerErr != nil { // the writer's error is the cause; the loop only saw it stop
+		loopErr = writerErr
+	}
+	return e.cleanStop(loopErr)
+}
+
+// errWriterStopped ends the batch loop when the writer quit; Run then
+// returns the writer's own error.
+var errWriterStopped = errors.New("writer stopped")
+
+// cleanStop turns the cancellation that ends every run into a clean exit.
+func (e *Engine) cleanStop(err error) error {
+	if errors.Is(err, context.Canceled) {
+		e.log.Info("sink stopped", "checkpoint", e.stats.checkpoint.Load())
+		return nil
+	}
+	return err
+}
+
+func (e *Engine) loadCheckpoint(ctx context.Context) (uint64, error) {
+	if cw, ok := e.w.(CheckpointWriter); ok {
+		return cw.LoadCheckpoint(ctx)
+	}
+	return e.store.Load(ctx, e.cfg.Name)
+}
+
+// consume starts an ordered consumer just after pos. The consumer keeps its
+// cursor only in this process; the checkpoint is the sink's only memory.
+func (e *Engine) consume(ctx context.Context, pos uint64) (jetstream.MessagesContext, error) {
+	cc := jetstream.OrderedConsumerConfig{FilterSubjects: e.cfg.Filters, DeliverPolicy: jetstream.DeliverAllPolicy}
+	if pos > 0 {
+		cc.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
+		cc.OptStartSeq = pos + 1
+	}
+	cons, err := e.js.OrderedConsumer(ctx, e.cfg.Stream, cc)
+	if err != nil {
+		return nil, fmt.Errorf("ordered consumer on stream %s: %w", e.cfg.Stream, err)
+	}
+	return cons.Messages(jetstream.PullMaxMessagesWithBytesLimit(e.cfg.Batch.MaxEvents, int(e.cfg.Batch.MaxBytes)))
+}
+
+// read decodes messages until the iterator is stopped. Sending blocks when
+// the batch loop is behind: that is the backpressure that stops pulling.
+func (e *Engine) read(it jetstream.MessagesContext, out chan<- item) {
+	defer close(out)
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return
+			}
+			e.log.Debug("consumer", "err", err)
+			continue
+		}
+		md, err := msg.Metadata()
+		if err != nil {
+			e.log.Warn("message without metadata", "subject", msg.Subject(), "err", err)
+			continue
+		}
+		ev, err := envelope.FromMsg(msg.Subject(), msg.Headers(), msg.Data(), md.Sequence.Stream)
+		if err != nil {
+			err = fmt.Errorf("malformed event at position %d: %w", md.Sequence.Stream, err)
+		}
+		out <- item{ev: ev, err: err}
+	}
+}
+
+// batchLoop owns the batcher: it adds events and hands full (or old enough)
+// batches to the writer. Handing off blocks while the writer is busy, so at
+// most one batch is written and one is filling.
+func (e *Engine) batchLoop(ctx context.Context, items <-chan item, batches chan<- *Batch, writerDone <-chan struct{}) error {
+	b := NewBatcher(e.cfg.Batch.MaxEvents, int(e.cfg.Batch.MaxBytes), e.cfg.Batch.MaxInterval)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	armed := false
+
+	handOff := func() error {
+		if armed {
+			timer.Stop()
+			armed = false
+		}
+		if b.Empty() {
+			return nil
+		}
+		select {
+		case batches <- b.Flush():
+			return nil
+		case <-writerDone:
+			return errWriterStopped
+		}
+	}
+
+	for {
+		select {
+		case <-ctx.Done():
+			return handOff()
+		case <-writerDone:
+			return errWriterStopped
+		case <-timer.C:
+			armed = false
+			if err := handOff(); err != nil {
+				return err
+			}
+		case it, ok := <-items:
+			if !ok {
+				return handOff()
+			}
+			now := time.Now()
+			if it.err != nil {
+				if e.cfg.OnError == OnErrorStop {
+					e.log.Error("stopping at malformed event", "position", it.ev.Position, "err", it.err)
+					if err := handOff(); err != nil {
+						return err
+					}
+					return fmt.Errorf("%w: %w", ErrStopped, it.err)
+				}
+				e.log.Error("skipping malformed event", "position", it.ev.Position, "err", it.err)
+				e.stats.skipped.Add(1)
+				b.Skip(it.ev.Position, now)
+			} else if b.Add(it.ev, now) {
+				if err := handOff(); err != nil {
+					return err
+				}
+				continue
+			}
+			if !armed {
+				if d := b.UntilNext(now); d >= 0 {
+					timer.Reset(d)
+					armed = true
+				}
+			}
+		}
+	}
+}
+
+// writeLoop writes batches in order, one at a time, and moves the
+// checkpoint after each one that succeeded.
+func (e *Engine) writeLoop(ctx context.Context, batches <-chan *Batch) error {
+	for b := range batches {
+		if err := e.deliver(ctx, b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deliver writes b until it is applied, applying the error policy to events
+// that fail permanently and retrying everything else.
+func (e *Engine) deliver(ctx context.Context, b *Batch) error {
+	for attempt := 0; ; attempt++ {
+		start := time.Now()
+		err := e.writeOnce(ctx, b)
+		if err == nil {
+			e.stats.lastFlush.Store(int64(time.Since(start)))
+			e.stats.batches.Add(1)
+			e.stats.applied.Add(uint64(len(b.Events)))
+			e.stats.bytes.Add(uint64(b.Bytes))
+			e.stats.checkpoint.Store(b.Through)
+			if attempt > 0 {
+				e.stats.setState(StateRunning)
+			}
+			return nil
+		}
+		var be *BatchError
+		switch {
+		case errors.As(err, &be):
+			next, stopErr := e.applyPolicy(b, be)
+			if stopErr != nil {
+				if next != nil {
+					if err := e.deliver(ctx, next); err != nil {
+						return err
+					}
+				}
+				return stopErr
+			}
+			b, attempt = next, -1
+			continue
+		case errors.Is(err, ErrPermanent), errors.Is(err, checkpoint.ErrConflict), ctx.Err() != nil:
+			return err
+		}
+		e.stats.retries.Add(1)
+		e.stats.setError(err)
+		e.stats.setState(StateRetrying)
+		wait := backoff(attempt, e.cfg.Retry.Initial, e.cfg.Retry.Max)
+		e.log.Warn("write failed, retrying", "events", len(b.Events), "through", b.Through, "attempt", attempt+1, "in", wait, "err", err)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// writeOnce writes the batch and, for writers without their own checkpoint,
+// saves it afterwards: never before the data is in.
+func (e *Engine) writeOnce(ctx context.Context, b *Batch) error {
+	if e.store == nil {
+		return e.w.WriteBatch(ctx, b) // writes b.Through with the data
+	}
+	if len(b.Events) > 0 {
+		if err := e.w.WriteBatch(ctx, b); err != nil {
+			return err
+		}
+	}
+	return e.store.Save(ctx, e.cfg.Name, b.Through)
+}
+
+// applyPolicy returns the batch to write next after some of b's events
+// failed for good. With "skip" that is b without them; with "stop" it is the
+// part before the first failure (nil if none) and ErrStopped.
+func (e *Engine) applyPolicy(b *Batch, be *BatchError) (*Batch, error) {
+	failed := make(map[int]error, len(be.Failures))
+	firstIdx := len(b.Events)
+	for _, f := range be.Failures {
+		if f.Index < 0 || f.Index >= len(b.Events) {
+			continue
+		}
+		failed[f.Index] = f.Err
+		firstIdx = min(firstIdx, f.Index)
+	}
+	if len(failed) == 0 {
+		return b, nil // nothing usable reported; retry the batch
+	}
+	if e.cfg.OnError == OnErrorStop {
+		ev := b.Events[firstIdx]
+		e.log.Error("stopping at event the target refuses", "position", ev.Position, "id", ev.ID, "type", ev.Type, "err", failed[firstIdx])
+		stopErr := fmt.Errorf("%w: event %s (type %s) at position %d: %w", ErrStopped, ev.ID, ev.Type, ev.Position, failed[firstIdx])
+		if ev.Position <= 1 || firstIdx == 0 && ev.Position-1 <= e.stats.checkpoint.Load() {
+			return nil, stopErr
+		}
+		prefix := &Batch{Events: b.Events[:firstIdx], Through: ev.Position - 1}
+		for _, p := range prefix.Events {
+			prefix.Bytes += p.Size()
+		}
+		return prefix, stopErr
+	}
+	kept := &Batch{Events: make([]envelope.Event, 0, len(b.Events)-len(failed)), Through: b.Through}
+	for i, ev := range b.Events {
+		if err, bad := failed[i]; bad {
+			e.log.Error("skipping event the target refuses", "position", ev.Position, "id", ev.ID, "type", ev.Type, "err", err)
+			e.stats.skipped.Add(1)
+			continue
+		}
+		kept.Events = append(kept.Events, ev)
+		kept.Bytes += ev.Size()
+	}
+	return kept, nil
+}
+
+// retry calls f until it succeeds, fails permanently or ctx ends.
+func (e *Engine) retry(ctx context.Context, what string, f func(context.Context) error) error {
+	for attempt := 0; ; attempt++ {
+		err := f(ctx)
+		if err == nil || errors.Is(err, ErrPermanent) || ctx.Err() != nil {
+			if err == nil && ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return err
+		}
+		e.stats.setError(err)
+		wait := backoff(attempt, e.cfg.Retry.Initial, e.cfg.Retry.Max)
+		e.log.Warn("retrying", "what", what, "in", wait, "err", err)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// backoff is exponential with "equal jitter": half fixed, half random, so
+// retries of many sinks spread out but never fire at once.
+func backoff(attempt int, initial, maxWait time.Duration) time.Duration {
+	d := maxWait
+	if attempt < 30 {
+		d = min(initial<<attempt, maxWait)
+	}
+	return d/2 + rand.N(d/2+1)
+}

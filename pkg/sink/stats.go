@@ -1,0 +1,71 @@
+package sink
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// State is what a sink is doing right now.
+type State string
+
+const (
+	StateStarting State = "starting"
+	StateRunning  State = "running"
+	StateRetrying State = "retrying"
+	StateStopped  State = "stopped"
+)
+
+// Snapshot is a consistent-enough copy of a sink's counters, read by metrics
+// exporters and tests without the engine importing either.
+type Snapshot struct {
+	Name          string
+	State         State
+	Checkpoint    uint64 // position of the last applied event
+	Applied       uint64 // events written to the target by this process
+	Skipped       uint64 // events dropped by the error policy
+	Batches       uint64
+	Bytes         uint64
+	Retries       uint64
+	LastError     string
+	LastFlushTime time.Duration
+}
+
+// stats is written by the engine's goroutines and read through Snapshot.
+type stats struct {
+	checkpoint, applied, skipped, batches, bytes, retries atomic.Uint64
+	lastFlush                                             atomic.Int64
+
+	mu        sync.Mutex
+	state     State
+	lastError string
+}
+
+func (s *stats) setState(st State) {
+	s.mu.Lock()
+	s.state = st
+	s.mu.Unlock()
+}
+
+func (s *stats) setError(err error) {
+	s.mu.Lock()
+	s.lastError = err.Error()
+	s.mu.Unlock()
+}
+
+func (s *stats) snapshot(name string) Snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Snapshot{
+		Name:          name,
+		State:         s.state,
+		Checkpoint:    s.checkpoint.Load(),
+		Applied:       s.applied.Load(),
+		Skipped:       s.skipped.Load(),
+		Batches:       s.batches.Load(),
+		Bytes:         s.bytes.Load(),
+		Retries:       s.retries.Load(),
+		LastError:     s.lastError,
+		LastFlushTime: time.Duration(s.lastFlush.Load()),
+	}
+}

@@ -1,0 +1,48 @@
+// Package sink is jetsync's shared engine: it reads the event stream with an
+// ordered consumer from a checkpoint, batches events by count, bytes and
+// time, writes each batch through a Writer with one write in flight, and
+// moves the checkpoint only after a write succeeded.
+package sink
+
+import (
+	"context"
+
+	"github.com/jetsync/jetsync/pkg/envelope"
+)
+
+// Writer writes batches to one target (Redis, Elasticsearch, Kinesis, ...).
+// The engine calls WriteBatch from one goroutine, one batch at a time, in
+// stream order.
+//
+// WriteBatch returns nil when the whole batch is applied, a *BatchError for
+// events that fail permanently, an error wrapping ErrPermanent when nothing
+// will ever succeed, and any other error for a transient failure that the
+// engine retries with backoff (the same batch, again).
+type Writer interface {
+	Connect(ctx context.Context) error
+	WriteBatch(ctx context.Context, b *Batch) error
+	Close(ctx context.Context) error
+}
+
+// CheckpointWriter is a Writer that stores the sink's checkpoint in the
+// target itself, atomically with each batch (as Batch.Through). The engine
+// then keeps no checkpoint of its own for it, and writes empty batches to
+// move the checkpoint past events that produced no write.
+type CheckpointWriter interface {
+	Writer
+	LoadCheckpoint(ctx context.Context) (uint64, error)
+}
+
+// Batch is a run of consecutive events of the sink's filtered stream.
+type Batch struct {
+	Events []envelope.Event
+	// Through is the checkpoint once this batch is applied: the position of
+	// the last event it covers, which may be past the last event in Events
+	// when events were skipped.
+	Through uint64
+	// Bytes is the sum of the events' sizes.
+	Bytes int
+}
+
+// Len is the number of events in the batch.
+func (b *Batch) Len() int { return len(b.Events) }
