@@ -72,6 +72,12 @@ func checkKeys(n *yaml.Node, t reflect.Type, path string, p *Problems) {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
+	if n.Kind == yaml.ScalarNode && n.Tag != "!!null" {
+		if err := checkScalar(n, t); err != nil {
+			p.Addf(path, "%v (line %d)", err, n.Line)
+		}
+		return
+	}
 	if _, custom := reflect.New(t).Interface().(yaml.Unmarshaler); custom {
 		return
 	}
@@ -105,6 +111,41 @@ func checkKeys(n *yaml.Node, t reflect.Type, path string, p *Problems) {
 			checkKeys(c, t.Elem(), fmt.Sprintf("%s[%d]", path, i), p)
 		}
 	}
+}
+
+// checkScalar checks a scalar against the Go type it will fill, so that a
+// wrong value is reported with its key rather than as a bare type error.
+func checkScalar(n *yaml.Node, t reflect.Type) error {
+	switch {
+	case t == durationType:
+		if _, err := time.ParseDuration(n.Value); err != nil {
+			return fmt.Errorf("%q is not a duration; write it like 500ms, 10s or 2m", n.Value)
+		}
+		return nil
+	case t == byteSizeType:
+		if n.Tag == "!!int" {
+			return nil
+		}
+		_, err := ParseByteSize(n.Value)
+		return err
+	}
+	switch t.Kind() {
+	case reflect.Int, reflect.Int64, reflect.Int32:
+		if _, err := strconv.ParseInt(n.Value, 0, 64); err != nil {
+			return fmt.Errorf("%q is not an integer", n.Value)
+		}
+	case reflect.Uint, reflect.Uint64, reflect.Uint32:
+		if _, err := strconv.ParseUint(n.Value, 0, 64); err != nil {
+			return fmt.Errorf("%q is not a non-negative integer", n.Value)
+		}
+	case reflect.Bool:
+		if n.Tag != "!!bool" {
+			return fmt.Errorf("%q is not a boolean; use true or false", n.Value)
+		}
+	case reflect.Struct, reflect.Map, reflect.Slice:
+		return fmt.Errorf("expects a %s, got the single value %q", map[reflect.Kind]string{reflect.Struct: "mapping of keys", reflect.Map: "mapping", reflect.Slice: "list"}[t.Kind()], n.Value)
+	}
+	return nil
 }
 
 func join(path, key string) string {
