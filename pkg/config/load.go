@@ -84,7 +84,8 @@ func checkKeys(n *yaml.Node, t reflect.Type, path string, p *Problems) {
 	switch t.Kind() {
 	case reflect.Struct:
 		if n.Kind != yaml.MappingNode {
-			return // the decoder reports the type mismatch
+			p.Addf(path, "expects a mapping of keys (line %d)", n.Line)
+			return
 		}
 		fields := yamlFields(t)
 		for i := 0; i+1 < len(n.Content); i += 2 {
@@ -98,6 +99,7 @@ func checkKeys(n *yaml.Node, t reflect.Type, path string, p *Problems) {
 		}
 	case reflect.Map:
 		if n.Kind != yaml.MappingNode {
+			p.Addf(path, "expects a mapping (line %d)", n.Line)
 			return
 		}
 		for i := 0; i+1 < len(n.Content); i += 2 {
@@ -105,6 +107,7 @@ func checkKeys(n *yaml.Node, t reflect.Type, path string, p *Problems) {
 		}
 	case reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
+			p.Addf(path, "expects a list (line %d)", n.Line)
 			return
 		}
 		for i, c := range n.Content {

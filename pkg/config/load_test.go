@@ -81,16 +81,13 @@ func TestLoadValuesEnvAndValidate(t *testing.T) {
 
 func TestLoadBadValuesAndValidate(t *testing.T) {
 	for body, want := range map[string]string{
-		"size: lots\nnats: {url: a}\n": "not a size",
-		"nats: {url: a, timeout: 3}\n": "timeout",
-		"size: 10\n":                   "size: must be at least 1KiB",
-		"size: 4KiB\n":                 "nats.url: is required",
-		"nats: [1, 2]\n":               "cannot unmarshal",
-		"a: [unclosed": "invalid configuration",
-		"nats: {url: a}
-size: 4KiB
-filters: x
-": "filters: expects a list",
+		"size: lots\nnats: {url: a}\n":             "not a size",
+		"nats: {url: a, timeout: 3}\n":             "nats.timeout: \"3\" is not a duration",
+		"size: 10\n":                               "size: must be at least 1KiB",
+		"size: 4KiB\n":                             "nats.url: is required",
+		"nats: [1, 2]\n":                           "nats: expects a mapping",
+		"nats: {url: a}\nsize: 4KiB\nfilters: x\n": "filters: expects a list",
+		"a: [unclosed":                             "invalid configuration",
 	} {
 		err := Load(write(t, body), "", &testConfig{})
 		if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), want) {
