@@ -1,0 +1,32 @@
+# jetsync: `make up` runs the pipeline locally (no Docker), `make test` runs every test.
+SHELL := /bin/bash
+MODULES := ./pkg/... ./services/bridge/... ./services/sink-cache/... ./tests/...
+GO_TEST_FLAGS ?= -count=1 -timeout 25m
+
+.PHONY: up test deps build vet smoke clean
+
+## up: build and run NATS (embedded in the bridge), Redis, the bridge and sink-cache; Ctrl-C stops all
+up:
+	@scripts/up.sh
+
+## test: install what the tests need (redis-server), vet, then run every module's tests
+test: deps vet
+	go test $(GO_TEST_FLAGS) $(MODULES)
+
+## smoke: start `make up` in the background, append with curl, read the key from Redis, stop
+smoke:
+	@scripts/smoke.sh
+
+deps:
+	@scripts/deps.sh
+
+build:
+	@mkdir -p bin
+	go build -o bin/ ./services/bridge ./services/sink-cache
+
+vet:
+	go vet $(MODULES)
+	@test -z "$$(gofmt -l pkg services tests)" || { echo "gofmt would change:"; gofmt -l pkg services tests; exit 1; }
+
+clean:
+	rm -rf bin data

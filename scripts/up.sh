@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Runs the jetsync pipeline on this machine without Docker: the bridge with an
+# embedded NATS JetStream server (store in ./data/nats), a redis-server
+# (./data/redis) and sink-cache. Ctrl-C stops everything cleanly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/deps.sh
+mkdir -p bin data/redis data/nats
+echo "building ..."
+go build -o bin/ ./services/bridge ./services/sink-cache
+
+REDIS_PORT=${REDIS_PORT:-6379}
+BRIDGE_CONFIG=${BRIDGE_CONFIG:-deploy/local/bridge.yaml}
+SINK_CONFIG=${SINK_CONFIG:-deploy/local/sink-cache.yaml}
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo "stopping ..."
+  for ((i=${#pids[@]}-1; i>=0; i--)); do kill -TERM "${pids[i]}" 2>/dev/null || true; wait "${pids[i]}" 2>/dev/null || true; done
+}
+trap cleanup INT TERM EXIT
+
+wait_port() { # host port what
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "$3 did not start listening on $1:$2; see the log above" >&2
+  exit 1
+}
+
+if (exec 3<>"/dev/tcp/127.0.0.1/${REDIS_PORT}") 2>/dev/null; then
+  echo "redis: using the server already listening on 127.0.0.1:${REDIS_PORT}"
+else
+  redis-server --bind 127.0.0.1 --port "${REDIS_PORT}" --dir "$PWD/data/redis" --appendonly yes --save "" --logfile "" &
+  pids+=($!)
+  wait_port 127.0.0.1 "${REDIS_PORT}" redis-server
+fi
+
+bin/bridge serve -config "${BRIDGE_CONFIG}" &
+pids+=($!)
+wait_port 127.0.0.1 8080 bridge
+
+JETSYNC_REDIS_ADDR="127.0.0.1:${REDIS_PORT}" bin/sink-cache -config "${SINK_CONFIG}" &
+pids+=($!)
+
+cat <<MSG
+
+jetsync is up: bridge http://127.0.0.1:8080 (embedded NATS on 127.0.0.1:4222), Redis 127.0.0.1:${REDIS_PORT}, sink-cache.
+Try:
+  curl -s -X POST http://127.0.0.1:8080/streams/order/order-42/events \\
+       -H 'Content-Type: application/json' \\
+       -d '[{"id":"'\$(cat /proc/sys/kernel/random/uuid)'","type":"OrderPlaced","data":{"total":42}}]'
+  redis-cli -p ${REDIS_PORT} GET order:order-42
+Ctrl-C stops everything.
+MSG
+wait -n "${pids[@]}"
+echo "a process exited; stopping the rest" >&2
+exit 1

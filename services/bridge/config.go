@@ -1,0 +1,142 @@
+package main
+
+import (
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jetsync/jetsync/pkg/config"
+	"github.com/jetsync/jetsync/pkg/natsutil"
+)
+
+// EnvPrefix prefixes the environment overrides: JETSYNC_NATS_URL for nats.url.
+const EnvPrefix = "JETSYNC"
+
+// Config is the bridge's configuration file.
+type Config struct {
+	HTTP   HTTPConfig            `yaml:"http"`
+	NATS   NATSConfig            `yaml:"nats"`
+	Stream natsutil.StreamConfig `yaml:"stream"`
+	Append AppendConfig          `yaml:"append"`
+}
+
+// HTTPConfig configures the append API.
+type HTTPConfig struct {
+	Listen       string          `yaml:"listen"`         // host:port; port 0 picks a free one
+	MaxBodyBytes config.ByteSize `yaml:"max_body_bytes"` // larger request bodies get 413
+	// ShutdownTimeout bounds how long a stopping bridge waits for requests
+	// in flight before it closes their connections.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+}
+
+// NATSConfig says where JetStream is. An empty URL runs an embedded server.
+type NATSConfig struct {
+	URL      string                  `yaml:"url"`
+	Embedded natsutil.EmbeddedConfig `yaml:"embedded"`
+}
+
+// AppendConfig bounds one append.
+type AppendConfig struct {
+	// Timeout is the time an append may take, waiting for a stream busy with
+	// another append of this bridge included. When it passes the client gets
+	// 503 and may retry with the same event ids.
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// DefaultConfig is what an empty file means.
+func DefaultConfig() Config {
+	return Config{
+		HTTP: HTTPConfig{Listen: "127.0.0.1:8080", MaxBodyBytes: 1 << 20, ShutdownTimeout: 10 * time.Second},
+		NATS: NATSConfig{Embedded: natsutil.EmbeddedConfig{Host: "127.0.0.1", Port: 4222, StoreDir: "./data/nats"}},
+		Stream: natsutil.DefaultStreamConfig(),
+		Append: AppendConfig{Timeout: 5 * time.Second},
+	}
+}
+
+// LoadConfig reads the file at path (none when empty) over the defaults,
+// applies JETSYNC_* environment overrides and validates the result.
+func LoadConfig(path string) (Config, error) {
+	cfg := DefaultConfig()
+	if err := config.Load(path, EnvPrefix, &cfg); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// Validate reports every problem at once, each naming its YAML key.
+func (c *Config) Validate() error {
+	var p config.Problems
+	if err := validateListen(c.HTTP.Listen); err != "" {
+		p.Addf("http.listen", "%s", err)
+	}
+	if c.HTTP.MaxBodyBytes < 1024 {
+		p.Addf("http.max_body_bytes", "must be at least 1KiB, got %d; e.g. 1MiB", int64(c.HTTP.MaxBodyBytes))
+	}
+	if c.HTTP.ShutdownTimeout <= 0 {
+		p.Addf("http.shutdown_timeout", "must be positive, e.g. 10s")
+	}
+	if c.NATS.URL != "" {
+		for _, u := range strings.Split(c.NATS.URL, ",") {
+			if reason := validateNATSURL(strings.TrimSpace(u)); reason != "" {
+				p.Addf("nats.url", "%q %s", u, reason)
+			}
+		}
+	} else {
+		c.NATS.Embedded.Validate("nats.embedded", &p)
+		if c.Stream.Replicas != 1 {
+			p.Addf("stream.replicas", "must be 1 with the embedded server (nats.url is empty), got %d", c.Stream.Replicas)
+		}
+	}
+	c.Stream.Validate("stream", &p)
+	if c.Append.Timeout <= 0 {
+		p.Addf("append.timeout", "must be positive, e.g. 5s")
+	}
+	return p.Err()
+}
+
+func validateListen(addr string) string {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "must be host:port, e.g. 127.0.0.1:8080 or :8080, got " + strconv.Quote(addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return "has port " + strconv.Quote(port) + "; use a number from 0 to 65535"
+	}
+	return ""
+}
+
+func validateNATSURL(u string) string {
+	if u == "" {
+		return "is an empty entry; separate several URLs with commas"
+	}
+	if !strings.Contains(u, "://") {
+		u = "nats://" + u
+	}
+	pu, err := url.Parse(u)
+	if err != nil {
+		return "is not a URL; write it like nats://127.0.0.1:4222"
+	}
+	switch pu.Scheme {
+	case "nats", "tls", "ws", "wss":
+	default:
+		return "has scheme " + strconv.Quote(pu.Scheme) + "; use nats://, tls://, ws:// or wss://"
+	}
+	if pu.Hostname() == "" {
+		return "has no host; write it like nats://127.0.0.1:4222"
+	}
+	return ""
+}
+
+// natsURL is the URL clients use: nats.url, or the embedded server's address.
+func (c *Config) natsURL() string {
+	if c.NATS.URL != "" {
+		return c.NATS.URL
+	}
+	host := c.NATS.Embedded.Host
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	return "nats://" + net.JoinHostPort(host, strconv.Itoa(c.NATS.Embedded.Port))
+}

@@ -1,0 +1,295 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/itchyny/gojq"
+
+	"github.com/jetsync/jetsync/pkg/envelope"
+	"github.com/jetsync/jetsync/pkg/sink"
+)
+
+// action is a compiled Action.
+type action struct {
+	where   string // "mappings.OrderPlaced[0]", for error messages
+	op      string
+	key     *Template
+	field   *Template // incr
+	value   *Template // append; nil means the data (or projection)
+	ttl     time.Duration
+	project *gojq.Code
+}
+
+// plan turns events into Redis commands without doing any I/O.
+type plan struct {
+	byType     map[string][]action
+	unknownErr bool
+}
+
+// command is one Redis command, tagged with the position of its event so a
+// batch can be applied from any position on.
+type command struct {
+	args []any
+	pos  uint64
+}
+
+// compileProjection parses and compiles a jq expression. The environment is
+// hidden from it: $ENV and env would otherwise expose the process's secrets.
+func compileProjection(expr string) (*gojq.Code, error) {
+	q, err := gojq.Parse(expr)
+	if err != nil {
+		return nil, fmt.Errorf("%q is not a jq expression: %v", expr, err)
+	}
+	code, err := gojq.Compile(q, gojq.WithEnvironLoader(func() []string { return nil }))
+	if err != nil {
+		return nil, fmt.Errorf("%q does not compile: %v", expr, err)
+	}
+	return code, nil
+}
+
+// build computes every command of events. Events that can never be written
+// are returned as failures (and produce no command); the error is only ever
+// ctx's.
+func (pl *plan) build(ctx context.Context, events []envelope.Event) ([]command, []sink.EventFailure, error) {
+	cmds := make([]command, 0, len(events)*2)
+	var failures []sink.EventFailure
+	for i := range events {
+		ev := &events[i]
+		acts, ok := pl.byType[ev.Type]
+		if !ok {
+			if pl.unknownErr {
+				failures = append(failures, sink.EventFailure{Index: i,
+					Err: fmt.Errorf("%w %q (position %d): add it under mappings or set unknown_types: ignore", ErrUnknownType, ev.Type, ev.Position)})
+			}
+			continue
+		}
+		start := len(cmds)
+		var env map[string]any // the envelope object, built once for the event's projections
+		for ai := range acts {
+			a := &acts[ai]
+			var err error
+			if cmds, err = a.commands(ctx, cmds, ev, &env); err != nil {
+				if ctx.Err() != nil {
+					return nil, nil, ctx.Err()
+				}
+				failures = append(failures, sink.EventFailure{Index: i, Err: err})
+				cmds = cmds[:start]
+				break
+			}
+		}
+	}
+	return cmds, failures, nil
+}
+
+// commands appends the commands of one action for ev.
+func (a *action) commands(ctx context.Context, out []command, ev *envelope.Event, env *map[string]any) ([]command, error) {
+	var projected any
+	if a.project != nil {
+		if *env == nil {
+			m, err := envelopeObject(ev)
+			if err != nil {
+				return out, fmt.Errorf("%s.project at position %d: %w", a.where, ev.Position, err)
+			}
+			*env = m
+		}
+		v, err := runProjection(ctx, a.project, *env)
+		if err != nil {
+			return out, fmt.Errorf("%s.project at position %d: %w", a.where, ev.Position, err)
+		}
+		projected = v
+	}
+
+	key := a.key.Render(ev)
+	add := func(args ...any) { out = append(out, command{args: args, pos: ev.Position}) }
+	switch a.op {
+	case OpSet:
+		val, err := payload(ev, a.project != nil, projected)
+		if err != nil {
+			return out, fmt.Errorf("%s at position %d: %w", a.where, ev.Position, err)
+		}
+		if a.ttl > 0 {
+			add("set", key, val, "px", a.ttl.Milliseconds())
+			return out, nil // SET ... PX expires already
+		}
+		add("set", key, val)
+	case OpHSet, OpMerge:
+		var args []any
+		var err error
+		if a.project != nil {
+			args, err = hashArgsFromValue(key, projected)
+		} else {
+			args, err = hashArgsFromJSON(key, ev.Data)
+		}
+		if err != nil {
+			return out, fmt.Errorf("%s (op %s) at position %d: %w", a.where, a.op, ev.Position, err)
+		}
+		if a.op == OpHSet {
+			add("del", key)
+		}
+		if len(args) > 2 { // an empty object sets no field
+			add(args...)
+		}
+	case OpDel:
+		add("del", key)
+	case OpIncr:
+		add("hincrby", key, a.field.Render(ev), 1)
+	case OpAppend:
+		var val any
+		if a.value != nil {
+			val = a.value.Render(ev)
+		} else {
+			var err error
+			if val, err = payload(ev, a.project != nil, projected); err != nil {
+				return out, fmt.Errorf("%s at position %d: %w", a.where, ev.Position, err)
+			}
+		}
+		add("rpush", key, val)
+	}
+	if a.ttl > 0 {
+		add("pexpire", key, a.ttl.Milliseconds())
+	}
+	return out, nil
+}
+
+// payload is the bytes set and append write: the event's data as stored
+// (never re-encoded), or the projection's output as JSON.
+func payload(ev *envelope.Event, projected bool, v any) ([]byte, error) {
+	if !projected {
+		return []byte(ev.Data), nil // json.RawMessage is not a []byte to go-redis
+	}
+	b, err := gojq.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("%w: output cannot be written as JSON: %v", ErrProjection, err)
+	}
+	return b, nil
+}
+
+// hashArgsFromJSON decodes the top level of a JSON object into HSET
+// arguments: strings as they are, other values as their JSON text.
+func hashArgsFromJSON(key string, data []byte) ([]any, error) {
+	data = bytes.TrimLeft(data, " \t\r\n")
+	if len(data) == 0 || data[0] != '{' {
+		return nil, fmt.Errorf("%w: the data is %s; hset and merge need an object such as {\"status\":\"paid\"}", ErrNotObject, describe(data))
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(data, &fields); err != nil {
+		return nil, fmt.Errorf("%w: the data is not valid JSON: %v", ErrNotObject, err)
+	}
+	args := make([]any, 0, 2+2*len(fields))
+	args = append(args, "hset", key)
+	for f, raw := range fields {
+		if len(raw) > 0 && raw[0] == '"' {
+			var s string
+			if err := json.Unmarshal(raw, &s); err != nil {
+				return nil, fmt.Errorf("%w: field %q: %v", ErrNotObject, f, err)
+			}
+			args = append(args, f, s)
+			continue
+		}
+		args = append(args, f, []byte(raw))
+	}
+	return args, nil
+}
+
+// hashArgsFromValue is hashArgsFromJSON for a projection's output.
+func hashArgsFromValue(key string, v any) ([]any, error) {
+	obj, ok := v.(map[string]any)
+	if !ok {
+		b, _ := gojq.Marshal(v)
+		return nil, fmt.Errorf("%w: the projection's output is %s; hset and merge need an object", ErrNotObject, describe(b))
+	}
+	args := make([]any, 0, 2+2*len(obj))
+	args = append(args, "hset", key)
+	for f, fv := range obj {
+		if s, ok := fv.(string); ok {
+			args = append(args, f, s)
+			continue
+		}
+		b, err := gojq.Marshal(fv)
+		if err != nil {
+			return nil, fmt.Errorf("%w: field %q cannot be written as JSON: %v", ErrProjection, f, err)
+		}
+		args = append(args, f, b)
+	}
+	return args, nil
+}
+
+// describe shortens a JSON text for an error message.
+func describe(b []byte) string {
+	if len(b) == 0 {
+		return "empty"
+	}
+	if len(b) > 40 {
+		return string(b[:40]) + "..."
+	}
+	return string(b)
+}
+
+// envelopeObject is the value a projection sees.
+func envelopeObject(ev *envelope.Event) (map[string]any, error) {
+	data, err := decodeJSON(ev.Data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: the data is not valid JSON: %v", ErrProjection, err)
+	}
+	var meta any
+	if len(ev.Metadata) > 0 {
+		if meta, err = decodeJSON(ev.Metadata); err != nil {
+			return nil, fmt.Errorf("%w: the metadata is not valid JSON: %v", ErrProjection, err)
+		}
+	}
+	var ts any
+	if !ev.Time.IsZero() {
+		ts = ev.Time.UTC().Format(time.RFC3339Nano)
+	}
+	return map[string]any{
+		"id":       ev.ID,
+		"streamId": ev.StreamID,
+		"category": ev.Category,
+		"type":     ev.Type,
+		"version":  int(ev.Version),
+		"time":     ts,
+		"position": int(ev.Position),
+		"data":     data,
+		"metadata": meta,
+	}, nil
+}
+
+// decodeJSON decodes one JSON value keeping numbers exact (gojq reads
+// json.Number).
+func decodeJSON(b []byte) (any, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, err
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, errors.New("trailing data after the JSON value")
+	}
+	return v, nil
+}
+
+// runProjection runs code on v and wants exactly one value back.
+func runProjection(ctx context.Context, code *gojq.Code, v any) (any, error) {
+	iter := code.RunWithContext(ctx, v)
+	out, ok := iter.Next()
+	if !ok {
+		return nil, fmt.Errorf("%w: it produced no value (use empty-safe expressions, e.g. .data // {})", ErrProjection)
+	}
+	if err, isErr := out.(error); isErr {
+		return nil, fmt.Errorf("%w: %v", ErrProjection, err)
+	}
+	if next, more := iter.Next(); more {
+		if err, isErr := next.(error); isErr {
+			return nil, fmt.Errorf("%w: %v", ErrProjection, err)
+		}
+		return nil, fmt.Errorf("%w: it produced more than one value; collect them into an array with [ ... ]", ErrProjection)
+	}
+	return out, nil
+}

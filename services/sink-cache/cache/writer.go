@@ -1,0 +1,226 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"sync"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/jetsync/jetsync/pkg/config"
+	"github.com/jetsync/jetsync/pkg/sink"
+)
+
+// Writer writes batches of events to Redis and keeps the sink's checkpoint
+// in Redis too, committed in the same MULTI/EXEC as the batch.
+type Writer struct {
+	name  string
+	cpKey string
+	opts  redis.Options
+	plan  plan
+	skip  bool // on_error: skip
+	log   *slog.Logger
+
+	mu  sync.Mutex
+	rdb *redis.Client // nil before Connect and after Close
+}
+
+var _ sink.CheckpointWriter = (*Writer)(nil)
+
+// NewWriter validates cfg and compiles its mappings; it does not connect.
+func NewWriter(cfg Config, log *slog.Logger) (*Writer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	var p config.Problems
+	acts := compileMappings(cfg.Name, cfg.Mappings, &p)
+	cpKey, err := CompileTemplate(cfg.Redis.CheckpointKey, cfg.Name, false)
+	p.Add(err)
+	if err := p.Err(); err != nil { // Validate passed, so this cannot happen
+		return nil, err
+	}
+	return &Writer{
+		name:  cfg.Name,
+		cpKey: cpKey.Render(nil),
+		opts: redis.Options{
+			Addr:     cfg.Redis.Addr,
+			Username: cfg.Redis.Username,
+			Password: cfg.Redis.Password,
+			DB:       cfg.Redis.DB,
+			// No client-side retries: a command re-sent after a lost reply
+			// could run twice. The engine retries the whole batch instead,
+			// and the checkpoint inside Redis makes that idempotent.
+			MaxRetries:      -1,
+			DisableIdentity: true,
+		},
+		plan: plan{byType: acts, unknownErr: cfg.UnknownTypes == UnknownError},
+		skip: cfg.OnError == sink.OnErrorSkip,
+		log:  log.With("sink", cfg.Name, "redis", cfg.Redis.Addr),
+	}, nil
+}
+
+// CheckpointKey is the Redis key holding the sink's checkpoint.
+func (w *Writer) CheckpointKey() string { return w.cpKey }
+
+// Connect opens the connection pool and checks Redis answers.
+func (w *Writer) Connect(ctx context.Context) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.rdb != nil {
+		return nil
+	}
+	opts := w.opts
+	rdb := redis.NewClient(&opts)
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		_ = rdb.Close()
+		return classify(fmt.Errorf("connecting to redis at %s: %w", w.opts.Addr, err))
+	}
+	w.rdb = rdb
+	return nil
+}
+
+// Close closes the connection pool; it is safe to call twice, and Connect
+// may open it again.
+func (w *Writer) Close(context.Context) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.rdb == nil {
+		return nil
+	}
+	err := w.rdb.Close()
+	w.rdb = nil
+	return err
+}
+
+func (w *Writer) client() *redis.Client {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.rdb
+}
+
+// LoadCheckpoint reads the position of the last applied event (0 for none).
+func (w *Writer) LoadCheckpoint(ctx context.Context) (uint64, error) {
+	rdb := w.client()
+	if rdb == nil {
+		return 0, ErrNotConnected
+	}
+	cp, err := readCheckpoint(ctx, rdb, w.cpKey)
+	return cp, classify(err)
+}
+
+// readCheckpoint GETs the checkpoint key.
+func readCheckpoint(ctx context.Context, c redis.StringCmdable, key string) (uint64, error) {
+	s, err := c.Get(ctx, key).Result()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("reading checkpoint %s: %w", key, err)
+	}
+	pos, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, sink.Permanent(fmt.Errorf("%w: %s holds %q; delete it to replay from the start or set it to a position", ErrBadCheckpoint, key, s))
+	}
+	return pos, nil
+}
+
+// WriteBatch applies b and sets the checkpoint to b.Through in one
+// MULTI/EXEC, watching the checkpoint key. Events at or below the stored
+// checkpoint are already applied and are not written again, so writing the
+// same batch twice (a retry after a lost EXEC reply) applies it once.
+func (w *Writer) WriteBatch(ctx context.Context, b *sink.Batch) error {
+	rdb := w.client()
+	if rdb == nil {
+		return ErrNotConnected
+	}
+	cmds, failures, err := w.plan.build(ctx, b.Events)
+	if err != nil {
+		return err
+	}
+	if len(failures) > 0 {
+		return &sink.BatchError{Failures: failures}
+	}
+
+	var run []command
+	var out []redis.Cmder
+	err = rdb.Watch(ctx, func(tx *redis.Tx) error {
+		cp, err := readCheckpoint(ctx, tx, w.cpKey)
+		if err != nil {
+			return err
+		}
+		if cp >= b.Through {
+			return nil // applied already
+		}
+		run = cmds[sort.Search(len(cmds), func(i int) bool { return cmds[i].pos > cp }):]
+		out, err = tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+			for _, c := range run {
+				pipe.Do(ctx, c.args...)
+			}
+			pipe.Set(ctx, w.cpKey, b.Through, 0)
+			return nil
+		})
+		return err
+	}, w.cpKey)
+	if err == nil {
+		return nil
+	}
+	if committed(out, len(run)) {
+		return w.partlyApplied(b, run, out)
+	}
+	if errors.Is(err, redis.TxFailedErr) {
+		return sink.Permanent(fmt.Errorf("%w: the checkpoint %s of sink %s changed while writing the batch through %d; run one instance per sink name",
+			ErrConcurrentWriter, w.cpKey, w.name, b.Through))
+	}
+	return classify(fmt.Errorf("writing batch through %d: %w", b.Through, err))
+}
+
+// committed reports whether EXEC ran: the checkpoint SET, queued last,
+// got its OK. TxPipelined then reports only commands that failed inside.
+func committed(out []redis.Cmder, n int) bool {
+	if len(out) != n+1 {
+		return false
+	}
+	st, ok := out[n].(*redis.StatusCmd)
+	return ok && st.Err() == nil && st.Val() == "OK"
+}
+
+// partlyApplied handles a committed transaction in which Redis refused some
+// commands at run time (WRONGTYPE and the like). Redis does not roll back,
+// so the checkpoint has moved: log every failure, and stop the sink unless
+// the error policy is skip.
+func (w *Writer) partlyApplied(b *sink.Batch, run []command, out []redis.Cmder) error {
+	var first error
+	n := 0
+	for i, c := range out[:len(run)] {
+		if err := c.Err(); err != nil {
+			n++
+			w.log.Error("redis refused a command of a committed batch", "position", run[i].pos, "command", c.Name(), "key", run[i].args[1], "err", err)
+			if first == nil {
+				first = fmt.Errorf("position %d: %s %v: %w", run[i].pos, c.Name(), run[i].args[1], err)
+			}
+		}
+	}
+	if w.skip || first == nil {
+		return nil
+	}
+	return sink.Permanent(fmt.Errorf("%w: %d command(s) of the batch through %d failed, the checkpoint is at %d; first: %w", ErrPartiallyApplied, n, b.Through, b.Through, first))
+}
+
+// classify marks errors that retrying cannot fix as permanent; everything
+// else (connection refused, timeouts, LOADING) is returned for a retry.
+func classify(err error) error {
+	switch {
+	case err == nil || errors.Is(err, sink.ErrPermanent):
+		return err
+	case redis.IsAuthError(err), redis.IsPermissionError(err):
+		return sink.Permanent(fmt.Errorf("%w: %w", ErrAuth, err))
+	}
+	return err
+}

@@ -1,0 +1,277 @@
+package deploy
+
+import (
+	"context"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/compose-spec/compose-go/v2/loader"
+	"github.com/compose-spec/compose-go/v2/types"
+)
+
+// acceptedEnv lists the JETSYNC_* variables each service reads. The config
+// loader (pkg/config.ApplyEnv) maps JETSYNC_<KEY_PATH> onto the YAML key
+// path, so these follow the services' config structs: keep them in step.
+var acceptedEnv = map[string][]string{
+	"bridge": {
+		"JETSYNC_HTTP_LISTEN", "JETSYNC_HTTP_MAX_BODY_BYTES",
+		"JETSYNC_NATS_URL",
+		// pkg/natsutil.StreamConfig under stream.
+		"JETSYNC_STREAM_NAME", "JETSYNC_STREAM_REPLICAS", "JETSYNC_STREAM_MAX_AGE",
+		"JETSYNC_STREAM_MAX_BYTES", "JETSYNC_STREAM_DUPLICATE_WINDOW",
+		"JETSYNC_STREAM_ALLOW_DELETE", "JETSYNC_STREAM_ALLOW_PURGE",
+	},
+	"sink-cache": {
+		// pkg/sink.Config, inlined at the top of every sink's file.
+		"JETSYNC_NAME", "JETSYNC_NATS_URL", "JETSYNC_STREAM", "JETSYNC_FILTERS",
+		"JETSYNC_BATCH_MAX_EVENTS", "JETSYNC_BATCH_MAX_BYTES", "JETSYNC_BATCH_MAX_INTERVAL",
+		"JETSYNC_RETRY_INITIAL", "JETSYNC_RETRY_MAX", "JETSYNC_ON_ERROR",
+		"JETSYNC_SHUTDOWN_TIMEOUT", "JETSYNC_CHECKPOINT_BUCKET",
+		// sink-cache's own keys.
+		"JETSYNC_REDIS_ADDR",
+	},
+}
+
+func TestComposeLoads(t *testing.T) {
+	p := loadCompose(t)
+	if p.Name != "jetsync" {
+		t.Errorf("project name = %q, want jetsync", p.Name)
+	}
+}
+
+// The loader must reject what the compose spec rejects, or the other tests
+// prove nothing about validity.
+func TestComposeLoaderValidates(t *testing.T) {
+	for name, yaml := range map[string]string{
+		"unknown key":        "services:\n  a:\n    image: x\n    bogus: 1\n",
+		"bad condition":      "services:\n  a:\n    image: x\n    depends_on:\n      b: {condition: when_ready}\n  b:\n    image: x\n",
+		"missing dependency": "services:\n  a:\n    image: x\n    depends_on: [b]\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := loader.LoadWithContext(context.Background(), types.ConfigDetails{
+				WorkingDir:  t.TempDir(),
+				ConfigFiles: []types.ConfigFile{{Filename: "compose.yml", Content: []byte(yaml)}},
+				Environment: types.Mapping{},
+			}, func(o *loader.Options) { o.SetProjectName("check", true) })
+			if err == nil {
+				t.Fatal("loaded without error")
+			}
+		})
+	}
+}
+
+func TestComposeInterpolatesEnvironment(t *testing.T) {
+	p := loadCompose(t, "BRIDGE_PORT=18080", "JETSYNC_TAG=ci")
+	b := service(t, p, "bridge")
+	if len(b.Ports) != 1 || b.Ports[0].Published != "18080" || b.Ports[0].Target != 8080 {
+		t.Errorf("bridge ports = %+v, want 18080:8080", b.Ports)
+	}
+	if b.Image != "jetsync/bridge:ci" {
+		t.Errorf("bridge image = %q, want jetsync/bridge:ci", b.Image)
+	}
+}
+
+func TestComposeServices(t *testing.T) {
+	p := loadCompose(t)
+	for _, name := range []string{"nats", "redis", "bridge", "sink-cache"} {
+		if _, ok := p.Services[name]; !ok {
+			t.Errorf("service %q is missing; have %v", name, p.ServiceNames())
+		}
+	}
+	for name := range jetsyncServices {
+		if p.Services[name].Build == nil {
+			t.Errorf("service %q has no build section", name)
+		}
+	}
+	if ports := service(t, p, "bridge").Ports; len(ports) != 1 || ports[0].Target != 8080 {
+		t.Errorf("bridge must publish container port 8080, has %+v", ports)
+	}
+	for _, name := range []string{"nats", "redis"} {
+		vols := service(t, p, name).Volumes
+		if len(vols) == 0 || vols[0].Type != types.VolumeTypeVolume || vols[0].Target != "/data" {
+			t.Errorf("%s must keep /data in a named volume, has %+v", name, vols)
+		}
+	}
+}
+
+func TestComposeBuilds(t *testing.T) {
+	root := repoRoot(t)
+	p := loadCompose(t)
+	for _, name := range p.ServicesWithBuild() {
+		b := p.Services[name].Build
+		if fi, err := os.Stat(b.Context); err != nil || !fi.IsDir() {
+			t.Errorf("%s: build context %s is not a directory", name, b.Context)
+			continue
+		}
+		// Every Dockerfile COPYs pkg/ next to its service: only the
+		// repository root holds both.
+		if b.Context != root {
+			t.Errorf("%s: build context = %s, want the repository root %s", name, b.Context, root)
+		}
+		df := b.Dockerfile
+		if !filepath.IsAbs(df) {
+			df = filepath.Join(b.Context, df)
+		}
+		if fi, err := os.Stat(df); err != nil || !fi.Mode().IsRegular() {
+			t.Errorf("%s: Dockerfile %s does not exist", name, df)
+		}
+		if want := filepath.Join(root, "services", name, "Dockerfile"); df != want {
+			t.Errorf("%s: Dockerfile = %s, want %s", name, df, want)
+		}
+	}
+}
+
+func TestComposeConfigMounts(t *testing.T) {
+	root := repoRoot(t)
+	p := loadCompose(t)
+	for _, s := range p.Services {
+		for _, v := range s.Volumes {
+			if v.Type != types.VolumeTypeBind {
+				continue
+			}
+			if rel, err := filepath.Rel(root, v.Source); err != nil || strings.HasPrefix(rel, "..") {
+				continue // not a file of this repository
+			}
+			fi, err := os.Stat(v.Source)
+			if err != nil {
+				t.Errorf("%s: bind mount source %s does not exist (docker would create an empty directory there)", s.Name, v.Source)
+				continue
+			}
+			if strings.HasSuffix(v.Target, ".yaml") && !fi.Mode().IsRegular() {
+				t.Errorf("%s: %s is mounted as a config file but is not a file", s.Name, v.Source)
+			}
+			if !v.ReadOnly {
+				t.Errorf("%s: bind mount %s should be read_only", s.Name, v.Target)
+			}
+		}
+	}
+	// Each image reads /etc/jetsync/<service>.yaml (its ENTRYPOINT).
+	for name := range jetsyncServices {
+		want := filepath.Join(root, "deploy", "config", name+".yaml")
+		if src, ok := mountSource(service(t, p, name), configPath(name)); !ok || src != want {
+			t.Errorf("%s: %s must be mounted from %s, got %q", name, configPath(name), want, src)
+		}
+	}
+}
+
+func TestComposeEnvironment(t *testing.T) {
+	p := loadCompose(t)
+	for _, s := range p.Services {
+		accepted, known := acceptedEnv[s.Name]
+		for key, val := range s.Environment {
+			if !strings.HasPrefix(key, "JETSYNC_") {
+				continue
+			}
+			switch {
+			case !known:
+				t.Errorf("%s: sets %s but is not a jetsync service", s.Name, key)
+			case !slices.Contains(accepted, key):
+				t.Errorf("%s: %s is not a variable the service reads; it reads %v", s.Name, key, accepted)
+			case val == nil:
+				t.Errorf("%s: %s has no value", s.Name, key)
+			}
+		}
+	}
+	want := map[string]map[string]string{
+		"bridge":     {"JETSYNC_NATS_URL": "nats://nats:4222", "JETSYNC_HTTP_LISTEN": "0.0.0.0:8080"},
+		"sink-cache": {"JETSYNC_NATS_URL": "nats://nats:4222", "JETSYNC_REDIS_ADDR": "redis:6379"},
+	}
+	for name, vars := range want {
+		env := service(t, p, name).Environment
+		for k, v := range vars {
+			if got := env[k]; got == nil || *got != v {
+				t.Errorf("%s: %s = %v, want %q", name, k, deref(got), v)
+			}
+		}
+	}
+}
+
+// Addresses in a service's environment name other compose services.
+func TestComposeAddressesNameServices(t *testing.T) {
+	p := loadCompose(t)
+	for _, s := range p.Services {
+		for key, val := range s.Environment {
+			if !strings.HasPrefix(key, "JETSYNC_") || val == nil ||
+				!(strings.HasSuffix(key, "_URL") || strings.HasSuffix(key, "_ADDR")) {
+				continue
+			}
+			checkAddressHost(t, p, s.Name+": "+key, *val)
+		}
+	}
+}
+
+func TestComposeDependsOn(t *testing.T) {
+	p := loadCompose(t)
+	want := map[string]map[string]string{
+		"bridge": {"nats": types.ServiceConditionHealthy},
+		"sink-cache": {
+			"nats":   types.ServiceConditionHealthy,
+			"redis":  types.ServiceConditionHealthy,
+			"bridge": types.ServiceConditionStarted, // it provisions the stream
+		},
+	}
+	for name, deps := range want {
+		got := service(t, p, name).DependsOn
+		for dep, cond := range deps {
+			d, ok := got[dep]
+			switch {
+			case !ok:
+				t.Errorf("%s must depend on %s", name, dep)
+			case d.Condition != cond:
+				t.Errorf("%s depends on %s with condition %q, want %q", name, dep, d.Condition, cond)
+			}
+		}
+	}
+	// Waiting for a service to be healthy needs a health check, or
+	// `docker compose up` fails.
+	for _, s := range p.Services {
+		for dep, d := range s.DependsOn {
+			if d.Condition != types.ServiceConditionHealthy {
+				continue
+			}
+			hc := p.Services[dep].HealthCheck
+			if hc == nil || hc.Disable || len(hc.Test) == 0 {
+				t.Errorf("%s waits for %s to be healthy, but %s has no health check", s.Name, dep, dep)
+			}
+		}
+	}
+}
+
+func configPath(svc string) string { return "/etc/jetsync/" + svc + ".yaml" }
+
+// mountSource is the host path bind-mounted at target.
+func mountSource(s types.ServiceConfig, target string) (string, bool) {
+	for _, v := range s.Volumes {
+		if v.Type == types.VolumeTypeBind && v.Target == target {
+			return v.Source, true
+		}
+	}
+	return "", false
+}
+
+// checkAddressHost fails unless addr (a URL or host:port) names a service of
+// the project, the only hosts a container reaches by name.
+func checkAddressHost(t *testing.T, p *types.Project, what, addr string) {
+	t.Helper()
+	host := addr
+	if u, err := url.Parse(addr); err == nil && u.Host != "" {
+		host = u.Hostname()
+	} else if h, _, err := net.SplitHostPort(addr); err == nil {
+		host = h
+	}
+	if _, ok := p.Services[host]; !ok {
+		t.Errorf("%s = %q: host %q is not a compose service (%v)", what, addr, host, p.ServiceNames())
+	}
+}
+
+func deref(s *string) any {
+	if s == nil {
+		return nil
+	}
+	return *s
+}
