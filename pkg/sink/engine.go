@@ -104,12 +104,16 @@ func (e *Engine) Run(ctx context.Context) (err error) {
 	e.stats.setState(StateRunning)
 
 	items := make(chan item, pendingEvents)
-	readerDone := make(chan struct{})
+	readerStop, readerDone := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(readerDone)
-		e.read(it, items)
+		e.read(it, items, readerStop)
 	}()
-	defer func() { it.Stop(); <-readerDone }()
+	defer func() {
+		close(readerStop) // unblocks a reader waiting to hand over an event
+		it.Stop()         // unblocks a reader waiting for a message
+		<-readerDone
+	}()
 
 	batches := make(chan *Batch)
 	writerDone := make(chan struct{})
@@ -165,7 +169,7 @@ func (e *Engine) consume(ctx context.Context, pos uint64) (jetstream.MessagesCon
 
 // read decodes messages until the iterator is stopped. Sending blocks when
 // the batch loop is behind: that is the backpressure that stops pulling.
-func (e *Engine) read(it jetstream.MessagesContext, out chan<- item) {
+func (e *Engine) read(it jetstream.MessagesContext, out chan<- item, stop <-chan struct{}) {
 	defer close(out)
 	for {
 		msg, err := it.Next()
@@ -185,7 +189,11 @@ func (e *Engine) read(it jetstream.MessagesContext, out chan<- item) {
 		if err != nil {
 			err = fmt.Errorf("malformed event at position %d: %w", md.Sequence.Stream, err)
 		}
-		out <- item{ev: ev, err: err}
+		select {
+		case out <- item{ev: ev, err: err}:
+		case <-stop:
+			return
+		}
 	}
 }
 

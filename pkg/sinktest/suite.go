@@ -176,7 +176,7 @@ func (e *env) start(w sink.Writer, cfgMod ...func(*sink.Config)) *engine {
 	if testing.Verbose() {
 		out = os.Stderr
 	}
-	log := slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	log := slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	eng, err := sink.New(cfg, e.js, w, e.store, log)
 	if err != nil {
 		e.t.Fatal(err)

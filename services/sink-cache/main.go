@@ -16,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/jetsync/jetsync/pkg/config"
 	"github.com/jetsync/jetsync/pkg/natsutil"
@@ -29,6 +30,7 @@ func run() int {
 	path := flag.String("config", "", "YAML config file; JETSYNC_* environment variables override it (e.g. JETSYNC_REDIS_PASSWORD)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	redis.SetLogger(redisLog{log.With("component", "go-redis")})
 
 	cfg := cache.DefaultConfig()
 	if err := config.Load(*path, "JETSYNC", &cfg); err != nil {
@@ -83,4 +85,12 @@ func drain(nc *nats.Conn) {
 	case <-time.After(5 * time.Second):
 		nc.Close()
 	}
+}
+
+// redisLog sends go-redis's own messages (pool dial failures and the like)
+// to the service's structured log.
+type redisLog struct{ log *slog.Logger }
+
+func (l redisLog) Printf(ctx context.Context, format string, v ...any) {
+	l.log.WarnContext(ctx, fmt.Sprintf(format, v...))
 }

@@ -19,12 +19,15 @@ import (
 // path, so these follow the services' config structs: keep them in step.
 var acceptedEnv = map[string][]string{
 	"bridge": {
-		"JETSYNC_HTTP_LISTEN", "JETSYNC_HTTP_MAX_BODY_BYTES",
+		"JETSYNC_HTTP_LISTEN", "JETSYNC_HTTP_MAX_BODY_BYTES", "JETSYNC_HTTP_SHUTDOWN_TIMEOUT",
 		"JETSYNC_NATS_URL",
-		// pkg/natsutil.StreamConfig under stream.
+		// pkg/natsutil.EmbeddedConfig, used when nats.url is empty.
+		"JETSYNC_NATS_EMBEDDED_HOST", "JETSYNC_NATS_EMBEDDED_PORT", "JETSYNC_NATS_EMBEDDED_STORE_DIR",
+		// pkg/natsutil.StreamConfig.
 		"JETSYNC_STREAM_NAME", "JETSYNC_STREAM_REPLICAS", "JETSYNC_STREAM_MAX_AGE",
 		"JETSYNC_STREAM_MAX_BYTES", "JETSYNC_STREAM_DUPLICATE_WINDOW",
 		"JETSYNC_STREAM_ALLOW_DELETE", "JETSYNC_STREAM_ALLOW_PURGE",
+		"JETSYNC_APPEND_TIMEOUT",
 	},
 	"sink-cache": {
 		// pkg/sink.Config, inlined at the top of every sink's file.
@@ -32,8 +35,9 @@ var acceptedEnv = map[string][]string{
 		"JETSYNC_BATCH_MAX_EVENTS", "JETSYNC_BATCH_MAX_BYTES", "JETSYNC_BATCH_MAX_INTERVAL",
 		"JETSYNC_RETRY_INITIAL", "JETSYNC_RETRY_MAX", "JETSYNC_ON_ERROR",
 		"JETSYNC_SHUTDOWN_TIMEOUT", "JETSYNC_CHECKPOINT_BUCKET",
-		// sink-cache's own keys.
-		"JETSYNC_REDIS_ADDR",
+		// services/sink-cache/cache.Config.
+		"JETSYNC_REDIS_ADDR", "JETSYNC_REDIS_USERNAME", "JETSYNC_REDIS_PASSWORD",
+		"JETSYNC_REDIS_DB", "JETSYNC_REDIS_CHECKPOINT_KEY", "JETSYNC_UNKNOWN_TYPES",
 	},
 }
 

@@ -17,6 +17,11 @@ var jetsyncServices = map[string]string{
 	"sink-cache": "9090",
 }
 
+// subcommand is what a service's binary is run with before its flags.
+var subcommand = map[string][]string{
+	"bridge": {"serve"},
+}
+
 // repoRoot walks up from the working directory to the one holding go.work.
 func repoRoot(t testing.TB) string {
 	t.Helper()

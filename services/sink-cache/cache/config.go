@@ -60,9 +60,8 @@ type RedisConfig struct {
 type Action struct {
 	Op  string `yaml:"op"`
 	Key string `yaml:"key"`
-	// TTL is a duration such as "24h"; the key expires that long after the
-	// write. It is text so that a bad value is reported with its key.
-	TTL string `yaml:"ttl"`
+	// TTL, when set, makes the key expire that long after the write.
+	TTL time.Duration `yaml:"ttl"`
 	// Project is a jq expression run on the envelope object
 	// {id, streamId, category, type, version, time, position, data, metadata};
 	// its output replaces the data for set, hset, merge and append.
@@ -155,17 +154,14 @@ func compileAction(sinkName, key string, a Action, p *config.Problems) action {
 		act.key = tmpl("key", a.Key)
 	}
 
-	if a.TTL != "" {
-		d, err := time.ParseDuration(a.TTL)
-		switch {
-		case err != nil:
-			p.Addf(key+".ttl", "%q is not a duration; write it like 90s, 15m or 24h", a.TTL)
-		case d < time.Millisecond:
-			p.Addf(key+".ttl", "must be at least 1ms, got %s", a.TTL)
-		case a.Op == OpDel:
-			p.Addf(key+".ttl", "is not allowed with op del")
-		}
-		act.ttl = d
+	switch {
+	case a.TTL == 0:
+	case a.TTL < time.Millisecond:
+		p.Addf(key+".ttl", "must be at least 1ms, got %s", a.TTL)
+	case a.Op == OpDel:
+		p.Addf(key+".ttl", "is not allowed with op del")
+	default:
+		act.ttl = a.TTL
 	}
 
 	if a.Project != "" {

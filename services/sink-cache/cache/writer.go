@@ -57,7 +57,9 @@ func NewWriter(cfg Config, log *slog.Logger) (*Writer, error) {
 			// No client-side retries: a command re-sent after a lost reply
 			// could run twice. The engine retries the whole batch instead,
 			// and the checkpoint inside Redis makes that idempotent.
-			MaxRetries:      -1,
+			MaxRetries: -1,
+			// One dial per attempt: the engine's backoff paces reconnects.
+			DialerRetries:   1,
 			DisableIdentity: true,
 		},
 		plan: plan{byType: acts, unknownErr: cfg.UnknownTypes == UnknownError},

@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetsync/jetsync/pkg/natsutil"
+)
+
+// Bridge is a running `bridge serve`: NATS (embedded or remote), the event
+// stream, and the HTTP append API.
+type Bridge struct {
+	cfg  Config
+	log  *slog.Logger
+	ns   *server.Server // the embedded server; nil with nats.url
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	app  *Appender
+	ln   net.Listener
+	srv  *http.Server
+	done chan error // the HTTP server's result
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New starts everything and returns once the API accepts requests. On
+// error, whatever was started is stopped again.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Bridge, err error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	b := &Bridge{cfg: cfg, log: log, done: make(chan error, 1)}
+	defer func() {
+		if err != nil {
+			b.stopNATS(context.Background())
+		}
+	}()
+
+	url := cfg.NATS.URL
+	if url == "" {
+		if b.ns, err = natsutil.RunEmbedded(cfg.NATS.Embedded); err != nil {
+			return nil, err
+		}
+		url = b.ns.ClientURL()
+		log.Info("embedded NATS running", "url", url, "store_dir", cfg.NATS.Embedded.StoreDir)
+	}
+	if b.nc, err = natsutil.Connect(url, "jetsync-bridge", log); err != nil {
+		return nil, err
+	}
+	if b.js, err = jetstream.New(b.nc, jetstream.WithDefaultTimeout(cfg.Append.Timeout)); err != nil {
+		return nil, err
+	}
+	ectx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	stream, err := natsutil.EnsureStream(ectx, b.js, cfg.Stream)
+	if err != nil {
+		return nil, err
+	}
+	b.app = NewAppender(b.js, stream)
+
+	if b.ln, err = net.Listen("tcp", cfg.HTTP.Listen); err != nil {
+		return nil, fmt.Errorf("http.listen: %w", err)
+	}
+	api := NewAPI(b.app, int64(cfg.HTTP.MaxBodyBytes), cfg.Append.Timeout, b.nc.IsConnected, log)
+	b.srv = &http.Server{
+		Handler:           api.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	go func() { b.done <- b.srv.Serve(b.ln) }()
+	log.Info("bridge serving", "addr", b.ln.Addr().String(), "stream", cfg.Stream.Name)
+	return b, nil
+}
+
+// Addr is the API's listening address (useful with port 0).
+func (b *Bridge) Addr() string { return b.ln.Addr().String() }
+
+// Appender is the bridge's appender, for callers in this process.
+func (b *Bridge) Appender() *Appender { return b.app }
+
+// Run serves until ctx ends, then shuts down gracefully. It returns nil after
+// a clean shutdown.
+func (b *Bridge) Run(ctx context.Context) error {
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-b.done:
+		b.done <- serveErr // for Close
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.HTTP.ShutdownTimeout+5*time.Second)
+	defer cancel()
+	err := b.Close(cctx)
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return errors.Join(fmt.Errorf("http server: %w", serveErr), err)
+	}
+	return err
+}
+
+// Close stops accepting requests, waits for those in flight (at most
+// http.shutdown_timeout), drains the NATS connection and stops the embedded
+// server. It is safe to call more than once.
+func (b *Bridge) Close(ctx context.Context) error {
+	b.closeOnce.Do(func() {
+		sctx, cancel := context.WithTimeout(ctx, b.cfg.HTTP.ShutdownTimeout)
+		defer cancel()
+		if err := b.srv.Shutdown(sctx); err != nil {
+			b.log.Warn("requests still running at shutdown timeout; closing them", "err", err)
+			b.closeErr = errors.Join(b.closeErr, b.srv.Close())
+		}
+		if err := <-b.done; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			b.closeErr = errors.Join(b.closeErr, err)
+		}
+		b.closeErr = errors.Join(b.closeErr, b.stopNATS(ctx))
+		b.log.Info("bridge stopped")
+	})
+	return b.closeErr
+}
+
+// stopNATS drains the connection and shuts the embedded server down.
+func (b *Bridge) stopNATS(ctx context.Context) error {
+	var err error
+	if b.nc != nil {
+		closed := b.nc.StatusChanged(nats.CLOSED)
+		if derr := b.nc.Drain(); derr != nil {
+			b.nc.Close()
+		} else {
+			select {
+			case <-closed:
+			case <-ctx.Done():
+				err = fmt.Errorf("draining the NATS connection: %w", ctx.Err())
+				b.nc.Close()
+			}
+		}
+	}
+	if b.ns != nil {
+		b.ns.Shutdown()
+		b.ns.WaitForShutdown()
+	}
+	return err
+}

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jetsync/jetsync/pkg/config"
+)
+
+func writeConfig(t *testing.T, yaml string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "bridge.yaml")
+	if err := os.WriteFile(p, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestConfigDefaultsAreValid(t *testing.T) {
+	cfg, err := LoadConfig("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.HTTP.MaxBodyBytes != 1<<20 || cfg.Stream.Name != "EVENTS" || cfg.Append.Timeout != 5*time.Second || cfg.NATS.Embedded.StoreDir == "" {
+		t.Fatalf("defaults: %+v", cfg)
+	}
+}
+
+func TestConfigFileAndEnv(t *testing.T) {
+	p := writeConfig(t, `
+http:
+  listen: 127.0.0.1:9090
+  max_body_bytes: 4MiB
+nats:
+  url: nats://10.0.0.1:4222
+stream: {name: ORDERS, replicas: 3, max_age: 0s, max_bytes: 1GiB, duplicate_window: 5m, allow_delete: false, allow_purge: false}
+append: {timeout: 2s}
+`)
+	t.Setenv("JETSYNC_HTTP_LISTEN", ":8181")
+	t.Setenv("JETSYNC_NATS_URL", "nats://a:4222,nats://b:4222")
+	cfg, err := LoadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.HTTP.Listen != ":8181" || cfg.NATS.URL != "nats://a:4222,nats://b:4222" || cfg.HTTP.MaxBodyBytes != 4<<20 ||
+		cfg.Stream.Name != "ORDERS" || cfg.Stream.Replicas != 3 || cfg.Stream.MaxBytes != 1<<30 || cfg.Stream.DuplicateWindow != 5*time.Minute || cfg.Append.Timeout != 2*time.Second {
+		t.Fatalf("loaded %+v", cfg)
+	}
+}
+
+func TestConfigErrorsNameTheKey(t *testing.T) {
+	cases := []struct {
+		name, yaml string
+		env        map[string]string
+		keys       []string
+	}{
+		{"unknown key", "http:\n  listn: :8080\n", nil, []string{"http.listn"}},
+		{"unknown section", "nats:\n  url: nats://x:4222\nsink: {}\n", nil, []string{"sink"}},
+		{"bad size", "http:\n  max_body_bytes: lots\n", nil, []string{"http.max_body_bytes"}},
+		{"bad duration", "append:\n  timeout: soon\n", nil, []string{"append.timeout"}},
+		{"every problem at once", `
+http: {listen: "nowhere", max_body_bytes: 10, shutdown_timeout: 0s}
+nats: {url: "", embedded: {store_dir: "", port: 70000}}
+stream: {name: "A.B", replicas: 2, duplicate_window: 0s}
+append: {timeout: -1s}
+`, nil, []string{"http.listen", "http.max_body_bytes", "http.shutdown_timeout", "nats.embedded.store_dir", "nats.embedded.port", "stream.replicas", "stream.name", "stream.duplicate_window", "append.timeout"}},
+		{"bad url", "nats:\n  url: http://x:4222\n", nil, []string{"nats.url"}},
+		{"bad env value", "", map[string]string{"JETSYNC_APPEND_TIMEOUT": "abc"}, []string{"append.timeout", "JETSYNC_APPEND_TIMEOUT"}},
+		{"bad env port", "", map[string]string{"JETSYNC_NATS_EMBEDDED_PORT": "x"}, []string{"nats.embedded.port"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			for k, v := range c.env {
+				t.Setenv(k, v)
+			}
+			_, err := LoadConfig(writeConfig(t, c.yaml))
+			if !errors.Is(err, config.ErrInvalid) {
+				t.Fatalf("error %v, want config.ErrInvalid", err)
+			}
+			for _, k := range c.keys {
+				if !strings.Contains(err.Error(), k) {
+					t.Errorf("error does not name %s:\n%v", k, err)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,236 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jetsync/jetsync/pkg/envelope"
+)
+
+// HeaderExpectedVersion is the header form of ?expectedVersion=N.
+const HeaderExpectedVersion = "Jetsync-Expected-Version"
+
+// API serves the HTTP append API.
+type API struct {
+	app     *Appender
+	maxBody int64
+	timeout time.Duration
+	ready   func() bool
+	log     *slog.Logger
+}
+
+// NewAPI builds the handler. ready reports whether NATS is reachable.
+func NewAPI(app *Appender, maxBody int64, timeout time.Duration, ready func() bool, log *slog.Logger) *API {
+	return &API{app: app, maxBody: maxBody, timeout: timeout, ready: ready, log: log}
+}
+
+// Handler routes:
+//
+//	POST /streams/{category}/{id}/events  append
+//	GET  /streams/{category}/{id}         version and last position
+//	GET  /healthz                         the process is up
+//	GET  /readyz                          NATS is connected
+func (a *API) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /streams/{category}/{id}/events", a.append)
+	mux.HandleFunc("/streams/{category}/{id}/events", methodNotAllowed("POST"))
+	mux.HandleFunc("GET /streams/{category}/{id}", a.stream)
+	mux.HandleFunc("/streams/{category}/{id}", methodNotAllowed("GET, HEAD"))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("/healthz", methodNotAllowed("GET, HEAD"))
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !a.ready() {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "NATS is not connected"})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+	mux.HandleFunc("/readyz", methodNotAllowed("GET, HEAD"))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusNotFound, errorBody{Error: "no such endpoint: " + r.URL.Path + "; see POST /streams/{category}/{id}/events"})
+	})
+	return emptySegments(mux)
+}
+
+// emptySegments answers 400 for /streams paths with an empty category or
+// stream id, which the mux would otherwise clean up and redirect.
+func emptySegments(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if rest, ok := strings.CutPrefix(r.URL.EscapedPath(), "/streams/"); ok {
+			parts := strings.Split(rest, "/")
+			for i, name := range []string{"category", "streamId"} {
+				if i < len(parts) && parts[i] == "" && (i > 0 || len(parts) > 1) {
+					writeError(w, &envelope.FieldError{Field: name, Reason: "is required and must not be empty"}, nil)
+					return
+				}
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func methodNotAllowed(allow string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", allow)
+		writeJSON(w, http.StatusMethodNotAllowed, errorBody{Error: r.Method + " is not allowed here; use " + allow})
+	}
+}
+
+func (a *API) append(w http.ResponseWriter, r *http.Request) {
+	req := AppendRequest{Category: r.PathValue("category"), StreamID: r.PathValue("id")}
+	var err error
+	if req.ExpectedVersion, err = expectedVersion(r); err != nil {
+		writeError(w, err, a.log)
+		return
+	}
+	if req.Events, err = decodeEvents(http.MaxBytesReader(w, r.Body, a.maxBody)); err != nil {
+		writeError(w, err, a.log)
+		return
+	}
+	// The append finishes even if the client goes away: a batch cut off
+	// half-sent is only abandoned by the server after a timeout.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), a.timeout)
+	defer cancel()
+	res, err := a.app.Append(ctx, req)
+	if err != nil {
+		writeError(w, err, a.log)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (a *API) stream(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), a.timeout)
+	defer cancel()
+	st, err := a.app.State(ctx, r.PathValue("category"), r.PathValue("id"))
+	if err != nil {
+		writeError(w, err, a.log)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// expectedVersion reads ?expectedVersion=N or the Jetsync-Expected-Version
+// header; nil when neither is given.
+func expectedVersion(r *http.Request) (*uint64, error) {
+	var got *uint64
+	parse := func(field, raw string) error {
+		v, err := strconv.ParseUint(strings.TrimSpace(raw), 10, 64)
+		if err != nil {
+			return &envelope.FieldError{Field: field, Reason: fmt.Sprintf("%q is not a version; use a whole number >= 0 (0: the stream must not exist yet)", raw)}
+		}
+		if got != nil && *got != v {
+			return &envelope.FieldError{Field: field, Reason: fmt.Sprintf("is %d but expectedVersion is %d; give one of them", v, *got)}
+		}
+		got = &v
+		return nil
+	}
+	if q := r.URL.Query(); q.Has("expectedVersion") {
+		if err := parse("expectedVersion", q.Get("expectedVersion")); err != nil {
+			return nil, err
+		}
+	}
+	if h := r.Header.Values(HeaderExpectedVersion); len(h) > 0 {
+		if err := parse(HeaderExpectedVersion, h[0]); err != nil {
+			return nil, err
+		}
+	}
+	return got, nil
+}
+
+// decodeEvents reads the body: a JSON array of events.
+func decodeEvents(body io.Reader) ([]envelope.Event, error) {
+	dec := json.NewDecoder(body)
+	var raws []json.RawMessage
+	if err := dec.Decode(&raws); err != nil {
+		if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
+			return nil, mbe
+		}
+		if errors.Is(err, io.EOF) {
+			return nil, &envelope.FieldError{Field: "body", Reason: "is empty; send a JSON array of events"}
+		}
+		return nil, &envelope.FieldError{Field: "body", Reason: "must be a JSON array of events: " + err.Error()}
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
+			return nil, mbe
+		}
+		return nil, &envelope.FieldError{Field: "body", Reason: "has data after the JSON array; send exactly one array"}
+	}
+	if len(raws) == 0 {
+		return nil, &envelope.FieldError{Field: "events", Reason: "must hold at least one event"}
+	}
+	events := make([]envelope.Event, len(raws))
+	for i, raw := range raws {
+		ev, err := decodeEvent(raw, "events["+strconv.Itoa(i)+"].", appendFields)
+		if err != nil {
+			return nil, err
+		}
+		events[i] = ev
+	}
+	return events, nil
+}
+
+type errorBody struct {
+	Error string `json:"error"`
+	Field string `json:"field,omitempty"`
+}
+
+// writeError maps an error to its status code and JSON body.
+func writeError(w http.ResponseWriter, err error, log *slog.Logger) {
+	var (
+		mbe *http.MaxBytesError
+		ve  *VersionError
+		de  *DuplicateIDError
+		fe  *envelope.FieldError
+	)
+	switch {
+	case errors.As(err, &mbe):
+		writeJSON(w, http.StatusRequestEntityTooLarge, errorBody{Error: fmt.Sprintf("request body is larger than %d bytes (http.max_body_bytes); split the append", mbe.Limit), Field: "body"})
+	case errors.As(err, &ve):
+		writeJSON(w, http.StatusConflict, struct {
+			Error           string `json:"error"`
+			ExpectedVersion uint64 `json:"expectedVersion"`
+			CurrentVersion  uint64 `json:"currentVersion"`
+		}{"wrong expected version", ve.Expected, ve.Current})
+	case errors.As(err, &de):
+		writeJSON(w, http.StatusConflict, struct {
+			errorBody
+			ID       string `json:"id,omitempty"`
+			Position uint64 `json:"position,omitempty"`
+		}{errorBody{de.Error(), de.Field}, de.ID, de.Position})
+	case errors.As(err, &fe):
+		writeJSON(w, http.StatusBadRequest, errorBody{Error: fe.Error(), Field: fe.Field})
+	case errors.Is(err, ErrConflict):
+		writeJSON(w, http.StatusConflict, errorBody{Error: err.Error() + "; retry the append"})
+	case errors.Is(err, ErrTooLarge):
+		writeJSON(w, http.StatusRequestEntityTooLarge, errorBody{Error: err.Error() + "; make the events smaller", Field: "events"})
+	case errors.Is(err, ErrUnavailable):
+		if log != nil {
+			log.Warn("NATS unavailable", "err", err)
+		}
+		w.Header().Set("Retry-After", "1")
+		writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: err.Error() + "; retry with the same event ids"})
+	default:
+		if log != nil {
+			log.Error("request failed", "err", err)
+		}
+		writeJSON(w, http.StatusInternalServerError, errorBody{Error: err.Error()})
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

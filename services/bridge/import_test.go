@@ -1,0 +1,192 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jetsync/jetsync/pkg/envelope"
+	"github.com/jetsync/jetsync/pkg/testenv"
+)
+
+// ndjson makes streams*perStream events, streams interleaved, versions
+// from..perStream per stream.
+func ndjson(streams, from, perStream int) []byte {
+	var b bytes.Buffer
+	t0 := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	for v := from; v <= perStream; v++ {
+		for s := range streams {
+			ev := envelope.Event{
+				ID: fmt.Sprintf("imp-%d-%d", s, v), Category: "imp", StreamID: fmt.Sprintf("s%d", s),
+				Type: "Imported", Version: uint64(v), Time: t0.Add(time.Duration(v) * time.Second),
+				Data: json.RawMessage(fmt.Sprintf(`{"s":%d,"v":%d}`, s, v)), Metadata: json.RawMessage(`{"source":"test"}`),
+			}
+			line, _ := json.Marshal(ev)
+			b.Write(line)
+			b.WriteByte('\n')
+		}
+	}
+	return b.Bytes()
+}
+
+func importEnv(t *testing.T) *apiEnv {
+	t.Helper()
+	return newEnvOn(t, testenv.NATS(t)) // provisions the stream
+}
+
+func TestImportIsIdempotent(t *testing.T) {
+	e := importEnv(t)
+	ctx := context.Background()
+
+	// Half of it first, as if an earlier import had stopped there.
+	res, err := Import(ctx, e.js, bytes.NewReader(ndjson(10, 1, 50)), ImportOptions{Window: 64})
+	if err != nil || res.Published != 500 {
+		t.Fatalf("first half: %+v, %v", res, err)
+	}
+
+	var progress []int64
+	file := ndjson(10, 1, 100)
+	res, err = Import(ctx, e.js, bytes.NewReader(file), ImportOptions{Progress: func(n int64) { progress = append(progress, n) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Published != 500 || res.Skipped != 500 || res.Duplicates != 0 || res.Lines != 1000 {
+		t.Fatalf("whole file: %+v, want 500 published, 500 skipped", res)
+	}
+	if len(progress) == 0 || progress[len(progress)-1] != 1000 {
+		t.Fatalf("progress %v, want it to end at 1000", progress)
+	}
+	if n := msgCount(t, e.js); n != 1000 {
+		t.Fatalf("stream holds %d messages, want 1000", n)
+	}
+
+	// Again: nothing reaches the server at all, so it does not depend on
+	// the duplicate window.
+	res, err = Import(ctx, e.js, bytes.NewReader(file), ImportOptions{})
+	if err != nil || res.Published != 0 || res.Skipped != 1000 || res.Duplicates != 0 {
+		t.Fatalf("re-import: %+v, %v; want 0 published, 1000 skipped", res, err)
+	}
+	if n := msgCount(t, e.js); n != 1000 {
+		t.Fatalf("stream holds %d messages after re-import, want 1000", n)
+	}
+
+	for s := range 10 {
+		got := readSubject(t, e.js, fmt.Sprintf("events.imp.s%d", s))
+		if len(got) != 100 {
+			t.Fatalf("stream s%d has %d events", s, len(got))
+		}
+		for i, ev := range got {
+			v := i + 1
+			if ev.Version != uint64(v) || ev.ID != fmt.Sprintf("imp-%d-%d", s, v) || ev.Type != "Imported" ||
+				string(ev.Data) != fmt.Sprintf(`{"s":%d,"v":%d}`, s, v) || string(ev.Metadata) != `{"source":"test"}` ||
+				!ev.Time.Equal(time.Date(2024, 1, 1, 0, 0, v, 0, time.UTC)) {
+				t.Fatalf("stream s%d event %d: %+v", s, i, ev)
+			}
+		}
+	}
+	// Appends continue after imported events.
+	r := e.post(t, "imp", "s3", newEvents("live", 1), HeaderExpectedVersion, "100")
+	wantStatus(t, r, 200)
+}
+
+func TestImportStopsAtTheFirstBadLine(t *testing.T) {
+	good := string(ndjson(1, 1, 5)) // lines 1-5: versions 1..5 of imp/s0
+	cases := []struct {
+		name, bad, field string
+		target           error
+	}{
+		{"malformed JSON", `{"id":"x",`, "line 6", envelope.ErrInvalid},
+		{"missing type", `{"id":"x","category":"imp","streamId":"s0","version":6,"time":"2024-01-01T00:00:00Z","data":{}}`, "line 6: type", envelope.ErrInvalid},
+		{"missing version", `{"id":"x","category":"imp","streamId":"s0","type":"T","time":"2024-01-01T00:00:00Z","data":{}}`, "line 6: version", envelope.ErrInvalid},
+		{"missing time", `{"id":"x","category":"imp","streamId":"s0","type":"T","version":6,"data":{}}`, "line 6: time", envelope.ErrInvalid},
+		{"bad category", `{"id":"x","category":"a.b","streamId":"s0","type":"T","version":6,"time":"2024-01-01T00:00:00Z","data":{}}`, "line 6: category", envelope.ErrInvalid},
+		{"unknown field", `{"id":"x","category":"imp","streamId":"s0","type":"T","version":6,"time":"2024-01-01T00:00:00Z","data":{},"payload":1}`, "line 6: payload", envelope.ErrInvalid},
+		{"gap", `{"id":"x","category":"imp","streamId":"s0","type":"T","version":8,"time":"2024-01-01T00:00:00Z","data":{}}`, "line 6: version", ErrVersionGap},
+		{"new stream not at 1", `{"id":"x","category":"imp","streamId":"new","type":"T","version":2,"time":"2024-01-01T00:00:00Z","data":{}}`, "line 6: version", ErrVersionGap},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e := importEnv(t)
+			file := good + c.bad + "\n" + `{"id":"after","category":"imp","streamId":"s0","type":"T","version":6,"time":"2024-01-01T00:00:00Z","data":{}}` + "\n"
+			res, err := Import(context.Background(), e.js, strings.NewReader(file), ImportOptions{})
+			var fe *envelope.FieldError
+			if !errors.As(err, &fe) || fe.Field != c.field || !errors.Is(err, c.target) {
+				t.Fatalf("error %v (field %+v), want field %q and %v", err, fe, c.field, c.target)
+			}
+			if !strings.Contains(err.Error(), "line 6") {
+				t.Fatalf("error %q does not name line 6", err)
+			}
+			// What came before the bad line is published, nothing after it.
+			if res.Published != 5 {
+				t.Fatalf("published %d, want the 5 lines before the bad one", res.Published)
+			}
+			if n := msgCount(t, e.js); n != 5 {
+				t.Fatalf("stream holds %d, want 5", n)
+			}
+		})
+	}
+}
+
+// An event whose id is already stored on another event is not silently
+// counted as "already present": its stream would go on with a gap.
+func TestImportIDUsedByAnotherEvent(t *testing.T) {
+	e := importEnv(t)
+	wantStatus(t, e.post(t, "other", "o", `[{"id":"imp-0-1","type":"T","data":{}}]`), 200)
+	_, err := Import(context.Background(), e.js, bytes.NewReader(ndjson(1, 1, 3)), ImportOptions{})
+	var fe *envelope.FieldError
+	if !errors.As(err, &fe) || fe.Field != "line 1: id" {
+		t.Fatalf("error %v, want one naming line 1: id", err)
+	}
+}
+
+func TestImportCommand(t *testing.T) {
+	ns := testenv.NATS(t)
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "bridge.yaml")
+	if err := os.WriteFile(cfgPath, []byte("nats:\n  url: "+ns.URL()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "events.ndjson")
+	if err := os.WriteFile(file, ndjson(2, 1, 10), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	runImport := func(stdin string, args ...string) (int, string, string) {
+		var out, errOut bytes.Buffer
+		code := run(context.Background(), append([]string{"import", "-config", cfgPath}, args...), strings.NewReader(stdin), &out, &errOut)
+		return code, out.String(), errOut.String()
+	}
+
+	code, out, errOut := runImport("", file)
+	if code != 0 || !strings.HasPrefix(out, "imported 20 events (0 already present) in ") || !strings.Contains(out, "events/s") {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	code, out, _ = runImport(string(ndjson(2, 1, 10)), "-")
+	if code != 0 || !strings.HasPrefix(out, "imported 0 events (20 already present)") {
+		t.Fatalf("re-import from stdin: exit %d, stdout %q", code, out)
+	}
+	code, _, errOut = runImport(`{"id":"x"}`+"\n", "-")
+	if code != exitFailed || !strings.Contains(errOut, "line 1: category") {
+		t.Fatalf("bad line: exit %d, stderr %q", code, errOut)
+	}
+	if code, _, _ = runImport(""); code != exitUsage {
+		t.Fatalf("no file: exit %d, want %d", code, exitUsage)
+	}
+	if code, _, errOut = runImport("", filepath.Join(dir, "missing")); code != exitFailed || !strings.Contains(errOut, "missing") {
+		t.Fatalf("missing file: exit %d, stderr %q", code, errOut)
+	}
+}
+
+func TestCountLines(t *testing.T) {
+	for in, want := range map[string]int64{"": 0, "a": 1, "a\n": 1, "a\nb": 2, "a\nb\n": 2, "\n\n": 2} {
+		if got, _ := countLines(strings.NewReader(in)); got != want {
+			t.Errorf("countLines(%q) = %d, want %d", in, got, want)
+		}
+	}
+}

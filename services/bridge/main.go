@@ -1,0 +1,17 @@
+// Command bridge relays domain events into NATS JetStream: an HTTP append
+// API (bridge serve) and a bulk NDJSON importer (bridge import).
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
