@@ -69,6 +69,9 @@ func Decode(raw []byte, cfg any) error {
 // checkKeys walks the YAML tree next to the Go type and reports every mapping
 // key the type does not have, with its dotted path, line and the valid keys.
 func checkKeys(n *yaml.Node, t reflect.Type, path string, p *Problems) {
+	if n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}

@@ -235,7 +235,10 @@ func (e *Engine) batchLoop(ctx context.Context, items <-chan item, batches chan<
 			}
 		case it, ok := <-items:
 			if !ok {
-				return handOff()
+				if err := handOff(); err != nil {
+					return err
+				}
+				return errors.New("sink: the event consumer closed unexpectedly")
 			}
 			now := time.Now()
 			if it.err != nil {
@@ -350,8 +353,8 @@ func (e *Engine) applyPolicy(b *Batch, be *BatchError) (*Batch, error) {
 		failed[f.Index] = f.Err
 		firstIdx = min(firstIdx, f.Index)
 	}
-	if len(failed) == 0 {
-		return b, nil // nothing usable reported; retry the batch
+	if len(failed) == 0 { // a writer bug: never spin on it
+		return nil, Permanent(fmt.Errorf("writer reported failures for events outside the batch: %w", be))
 	}
 	if e.cfg.OnError == OnErrorStop {
 		ev := b.Events[firstIdx]

@@ -48,8 +48,8 @@ type AppendConfig struct {
 // DefaultConfig is what an empty file means.
 func DefaultConfig() Config {
 	return Config{
-		HTTP: HTTPConfig{Listen: "127.0.0.1:8080", MaxBodyBytes: 1 << 20, ShutdownTimeout: 10 * time.Second},
-		NATS: NATSConfig{Embedded: natsutil.EmbeddedConfig{Host: "127.0.0.1", Port: 4222, StoreDir: "./data/nats"}},
+		HTTP:   HTTPConfig{Listen: "127.0.0.1:8080", MaxBodyBytes: 1 << 20, ShutdownTimeout: 10 * time.Second},
+		NATS:   NATSConfig{Embedded: natsutil.EmbeddedConfig{Host: "127.0.0.1", Port: 4222, StoreDir: "./data/nats"}},
 		Stream: natsutil.DefaultStreamConfig(),
 		Append: AppendConfig{Timeout: 5 * time.Second},
 	}

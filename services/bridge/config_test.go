@@ -89,3 +89,14 @@ append: {timeout: -1s}
 		})
 	}
 }
+
+// The example file documents the defaults: it loads, and equals them.
+func TestExampleConfigIsTheDefault(t *testing.T) {
+	cfg, err := LoadConfig("bridge.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg != DefaultConfig() {
+		t.Fatalf("example %+v\ndefaults %+v", cfg, DefaultConfig())
+	}
+}

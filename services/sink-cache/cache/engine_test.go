@@ -169,7 +169,14 @@ func (h *harness) start(w *Writer) *running {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{eng: eng, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- eng.Run(ctx) }()
-	h.t.Cleanup(func() { cancel(); <-r.done })
+	h.t.Cleanup(func() {
+		cancel()
+		select {
+		case <-r.done:
+		case <-time.After(10 * time.Second):
+			h.t.Error("Run still running 10s after the test ended")
+		}
+	})
 	return r
 }
 
@@ -190,8 +197,10 @@ func (r *running) stop(t *testing.T) error {
 	case err := <-r.done:
 		r.done <- err // for the cleanup
 		return err
-	case <-time.After(20 * time.Second):
-		t.Fatal("Run did not return within 20s of cancellation")
+	case <-time.After(10 * time.Second):
+		// Seen when the engine's reader is blocked handing an event to a
+		// batch loop that has returned (pkg/sink Engine.Run).
+		t.Fatalf("Run did not return within 10s of cancellation (stats %+v)", r.eng.Stats())
 		return nil
 	}
 }
