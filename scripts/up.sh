@@ -9,6 +9,7 @@ scripts/deps.sh
 mkdir -p bin data/redis data/nats
 echo "building ..."
 go build -o bin/ ./services/bridge ./services/sink-cache
+for d in services/sink-*/; do [ -f "$d/main.go" ] && go build -o bin/ "./$d"; done
 
 REDIS_PORT=${REDIS_PORT:-6379}
 BRIDGE_CONFIG=${BRIDGE_CONFIG:-deploy/local/bridge.yaml}
@@ -45,6 +46,12 @@ wait_port 127.0.0.1 8080 bridge
 
 JETSYNC_REDIS_ADDR="127.0.0.1:${REDIS_PORT}" bin/sink-cache -config "${SINK_CONFIG}" &
 pids+=($!)
+
+# Further read models: each scripts/up.d/NN-name.sh starts its target and
+# sink with the helpers above (wait_port, pids) and may print a hint.
+for f in scripts/up.d/*.sh; do
+  [ -f "$f" ] && . "$f"
+done
 
 cat <<MSG
 

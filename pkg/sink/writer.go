@@ -33,6 +33,19 @@ type CheckpointWriter interface {
 	LoadCheckpoint(ctx context.Context) (uint64, error)
 }
 
+// CheckpointResetter is implemented by a CheckpointWriter whose checkpoint
+// can be moved anywhere (replay). The engine calls it while no write is in
+// flight; it must be atomic with respect to WriteBatch.
+type CheckpointResetter interface {
+	ResetCheckpoint(ctx context.Context, pos uint64) error
+}
+
+// Pinger is implemented by writers that can tell whether their target is
+// reachable right now without writing; /readyz uses it.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
 // Batch is a run of consecutive events of the sink's filtered stream.
 type Batch struct {
 	Events []envelope.Event
@@ -42,6 +55,10 @@ type Batch struct {
 	Through uint64
 	// Bytes is the sum of the events' sizes.
 	Bytes int
+	// Redelivery marks dead letters re-applied on an operator's request
+	// (jetsyncctl dlq retry): apply the events as they are, in order, and
+	// leave the checkpoint alone (Through is 0).
+	Redelivery bool
 }
 
 // Len is the number of events in the batch.

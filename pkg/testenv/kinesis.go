@@ -123,6 +123,10 @@ func (k *KinesisServer) Start() {
 	}
 }
 
+// Local reports whether the server is a kinesalite of this test's own
+// (false for KINESIS_ENDPOINT), i.e. whether Stop and Start may be used.
+func (k *KinesisServer) Local() bool { return !k.external }
+
 // Stop shuts a local server down gracefully (it closes its LevelDB store);
 // safe to call twice.
 func (k *KinesisServer) Stop() {
@@ -171,15 +175,15 @@ func setupKinesalite() (string, error) {
 	if _, err := exec.LookPath("node"); err != nil {
 		return "", fmt.Errorf("node not found: %s", kinesaliteInstallHint)
 	}
-	lock, err := os.OpenFile(filepath.Join(dir, ".npm-ci.lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	// Lock the directory itself (no lock file to keep out of git).
+	lock, err := os.Open(dir)
 	if err != nil {
 		return "", err
 	}
-	defer lock.Close()
+	defer lock.Close() // closing releases the lock
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		return "", fmt.Errorf("locking %s: %v", lock.Name(), err)
+		return "", fmt.Errorf("locking %s: %v", dir, err)
 	}
-	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN) //nolint:errcheck
 	if kinesaliteInstalled(dir) {
 		return dir, nil
 	}

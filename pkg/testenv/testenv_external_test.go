@@ -246,6 +246,10 @@ func TestExternalKinesaliteSDK(t *testing.T) {
 	}
 	check("before restart")
 
+	if !srv.Local() {
+		t.Logf("KINESIS_ENDPOINT=%s is not ours to stop: no restart drill", srv.URL)
+		return
+	}
 	// The outage drill: the same port and store after a stop.
 	srv.Stop()
 	down, cancelDown := context.WithTimeout(ctx, 3*time.Second)

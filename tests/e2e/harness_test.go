@@ -34,9 +34,14 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binDir = dir
-	for _, svc := range []string{"bridge", "sink-cache"} {
+	// Every service with a main package, so each sink's e2e test finds its
+	// binary here.
+	services, _ := filepath.Glob(filepath.Join("..", "..", "services", "*", "main.go"))
+	for _, mainGo := range services {
+		svcDir := filepath.Dir(mainGo)
+		svc := filepath.Base(svcDir)
 		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, svc), ".")
-		cmd.Dir = filepath.Join("..", "..", "services", svc)
+		cmd.Dir = svcDir
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
 			fmt.Fprintf(os.Stderr, "building %s: %v\n", svc, err)

@@ -1,0 +1,7 @@
+module github.com/jetsync/jetsync/services/sink-es
+
+go 1.26.8
+
+require github.com/jetsync/jetsync/pkg v0.0.0
+
+replace github.com/jetsync/jetsync/pkg => ../../pkg
