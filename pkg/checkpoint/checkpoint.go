@@ -122,11 +122,14 @@ func (s *KV) Save(ctx context.Context, sink string, pos uint64) error {
 	return nil
 }
 
-// Reset sets the checkpoint to pos unconditionally. A running sink sees its
-// next Save fail with ErrConflict.
+// Reset sets the checkpoint to pos unconditionally. The engine calls it
+// while it writes nothing (see sink.Engine.Reset); another process still
+// holding the old revision sees its next Save fail with ErrConflict.
 func (s *KV) Reset(ctx context.Context, sink string, pos uint64) error {
-	if _, err := s.kv.Put(ctx, sink, []byte(strconv.FormatUint(pos, 10))); err != nil {
+	rev, err := s.kv.Put(ctx, sink, []byte(strconv.FormatUint(pos, 10)))
+	if err != nil {
 		return fmt.Errorf("resetting checkpoint of %s: %w", sink, err)
 	}
+	s.remember(sink, rev, pos)
 	return nil
 }

@@ -3,7 +3,6 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -58,9 +57,9 @@ func Decode(raw []byte, cfg any) error {
 	if err := p.Err(); err != nil {
 		return err
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(raw))
-	dec.KnownFields(true)
-	if err := dec.Decode(cfg); err != nil {
+	// Decode the checked tree: checkKeys rejected unknown keys and
+	// normalised values it understands.
+	if err := root.Decode(cfg); err != nil {
 		return fmt.Errorf("%w: %s", ErrInvalid, strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n  "))
 	}
 	return nil
@@ -124,6 +123,12 @@ func checkKeys(n *yaml.Node, t reflect.Type, path string, p *Problems) {
 func checkScalar(n *yaml.Node, t reflect.Type) error {
 	switch {
 	case t == durationType:
+		if n.Tag == "!!int" && n.Value == "0" {
+			// "max_age: 0" means no duration; yaml cannot put an integer
+			// into a time.Duration, so read it as "0s".
+			n.Tag, n.Value = "!!str", "0s"
+			return nil
+		}
 		if _, err := time.ParseDuration(n.Value); err != nil {
 			return fmt.Errorf("%q is not a duration; write it like 500ms, 10s or 2m", n.Value)
 		}

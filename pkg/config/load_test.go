@@ -72,6 +72,11 @@ func TestLoadValuesEnvAndValidate(t *testing.T) {
 		t.Fatalf("loaded %+v", c)
 	}
 
+	zero := &testConfig{}
+	if err := Load(write(t, "nats: {url: a, timeout: 0}\nsize: 4KiB\n"), "", zero); err != nil || zero.NATS.Timeout != 0 {
+		t.Fatalf("timeout: 0 should mean no duration: %v", err)
+	}
+
 	t.Setenv("JS_NATS_TIMEOUT", "soon")
 	err := Load(write(t, "size: 4KiB\nnats: {url: a}\n"), "JS", &testConfig{})
 	if err == nil || !strings.Contains(err.Error(), "nats.timeout: environment variable JS_NATS_TIMEOUT") {

@@ -14,6 +14,9 @@ import (
 const (
 	OnErrorStop = "stop" // halt the sink with the checkpoint just before the event
 	OnErrorSkip = "skip" // log the event with its position and move on
+	// OnErrorDeadLetter stores the event in the dlq.<sink> stream with the
+	// reason, then moves on; jetsyncctl dlq retry applies it later.
+	OnErrorDeadLetter = "dead-letter"
 )
 
 // Config is what every sink service shares. Services embed it with
@@ -32,6 +35,10 @@ type Config struct {
 	Checkpoint      struct {
 		Bucket string `yaml:"bucket"`
 	} `yaml:"checkpoint"`
+	// HTTP is the sink's admin server: /metrics, /healthz, /readyz, /wait.
+	HTTP struct {
+		Listen string `yaml:"listen"` // host:port; empty turns it off
+	} `yaml:"http"`
 }
 
 // NATSConfig says where the event stream lives.
@@ -66,6 +73,7 @@ func DefaultConfig(name string) Config {
 		ShutdownTimeout: 10 * time.Second,
 	}
 	c.Checkpoint.Bucket = "jetsync-checkpoints"
+	c.HTTP.Listen = "127.0.0.1:9090"
 	return c
 }
 
@@ -103,8 +111,8 @@ func (c *Config) Validate(p *config.Problems) {
 	if c.Retry.Max < c.Retry.Initial {
 		p.Addf("retry.max", "must be at least retry.initial (%s)", c.Retry.Initial)
 	}
-	if c.OnError != OnErrorStop && c.OnError != OnErrorSkip {
-		p.Addf("on_error", "must be %q or %q, got %q", OnErrorStop, OnErrorSkip, c.OnError)
+	if c.OnError != OnErrorStop && c.OnError != OnErrorSkip && c.OnError != OnErrorDeadLetter {
+		p.Addf("on_error", "must be %q, %q or %q, got %q", OnErrorStop, OnErrorSkip, OnErrorDeadLetter, c.OnError)
 	}
 	if c.ShutdownTimeout <= 0 {
 		p.Addf("shutdown_timeout", "must be positive, e.g. 10s")

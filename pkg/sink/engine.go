@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetsync/jetsync/pkg/checkpoint"
@@ -20,6 +22,42 @@ import (
 // what the consumer has pulled ahead.
 const pendingEvents = 256
 
+// Observer receives what the engine measures (pkg/metrics implements it
+// with Prometheus), so the engine itself imports no metrics library.
+type Observer interface {
+	// BatchWritten is called after each batch is applied and checkpointed.
+	BatchWritten(b *Batch, took time.Duration)
+	// Retried is called for each failed attempt that will be retried.
+	Retried(err error)
+	// EventFailed is called for each event the error policy handled:
+	// kind is "skipped", "dead-lettered" or "stopped".
+	EventFailed(kind string)
+}
+
+// DeadLetter is an event (or a message that is not one) the sink gives up
+// on, with why.
+type DeadLetter struct {
+	Subject  string
+	Position uint64
+	Header   nats.Header
+	Data     []byte
+	Err      error
+}
+
+// DeadLetterer stores dead letters (pkg/deadletter: the dlq.<sink> stream).
+type DeadLetterer interface {
+	DeadLetter(ctx context.Context, sink string, dl DeadLetter) error
+}
+
+// Option configures an Engine.
+type Option func(*Engine)
+
+// WithObserver reports measurements to o.
+func WithObserver(o Observer) Option { return func(e *Engine) { e.obs = o } }
+
+// WithDeadLetters sends refused events to d when on_error is "dead-letter".
+func WithDeadLetters(d DeadLetterer) Option { return func(e *Engine) { e.dlq = d } }
+
 // Engine runs one sink: ordered consumer → batcher → writer → checkpoint.
 type Engine struct {
 	cfg   Config
@@ -27,12 +65,31 @@ type Engine struct {
 	w     Writer
 	store checkpoint.Store // nil when w is a CheckpointWriter
 	log   *slog.Logger
+	obs   Observer
+	dlq   DeadLetterer
 	stats stats
+
+	resets       chan resetRequest
+	redeliveries chan redelivery
+
+	mu       sync.Mutex
+	advanced chan struct{} // closed and replaced whenever the checkpoint moves
+}
+
+type resetRequest struct {
+	pos  uint64
+	done chan error
+}
+
+type redelivery struct {
+	ctx  context.Context
+	b    *Batch
+	done chan error
 }
 
 // New checks the pieces fit together. store may be nil only when w is a
 // CheckpointWriter.
-func New(cfg Config, js jetstream.JetStream, w Writer, store checkpoint.Store, log *slog.Logger) (*Engine, error) {
+func New(cfg Config, js jetstream.JetStream, w Writer, store checkpoint.Store, log *slog.Logger, opts ...Option) (*Engine, error) {
 	if _, ok := w.(CheckpointWriter); ok {
 		store = nil // the target keeps the checkpoint, atomically with the data
 	} else if store == nil {
@@ -41,18 +98,105 @@ func New(cfg Config, js jetstream.JetStream, w Writer, store checkpoint.Store, l
 	if log == nil {
 		log = slog.Default()
 	}
-	e := &Engine{cfg: cfg, js: js, w: w, store: store, log: log.With("sink", cfg.Name)}
+	e := &Engine{cfg: cfg, js: js, w: w, store: store, log: log.With("sink", cfg.Name),
+		obs: nopObserver{}, resets: make(chan resetRequest), redeliveries: make(chan redelivery),
+		advanced: make(chan struct{})}
+	for _, o := range opts {
+		o(e)
+	}
+	if cfg.OnError == OnErrorDeadLetter && e.dlq == nil {
+		return nil, errors.New("sink: on_error is dead-letter but no dead-letter store was given")
+	}
 	e.stats.setState(StateStarting)
 	return e, nil
 }
 
+type nopObserver struct{}
+
+func (nopObserver) BatchWritten(*Batch, time.Duration) {}
+func (nopObserver) Retried(error)                      {}
+func (nopObserver) EventFailed(string)                 {}
+
 // Stats returns the sink's counters.
 func (e *Engine) Stats() Snapshot { return e.stats.snapshot(e.cfg.Name) }
+
+// Name is the sink's name.
+func (e *Engine) Name() string { return e.cfg.Name }
+
+// Config is the configuration the engine runs with.
+func (e *Engine) Config() Config { return e.cfg }
+
+// setCheckpoint records a new checkpoint and wakes WaitFor callers.
+func (e *Engine) setCheckpoint(pos uint64) {
+	e.stats.checkpoint.Store(pos)
+	e.mu.Lock()
+	close(e.advanced)
+	e.advanced = make(chan struct{})
+	e.mu.Unlock()
+}
+
+// WaitFor blocks until the sink has applied position pos (read-your-writes)
+// or ctx ends.
+func (e *Engine) WaitFor(ctx context.Context, pos uint64) error {
+	for {
+		e.mu.Lock()
+		ch := e.advanced
+		e.mu.Unlock()
+		if e.stats.checkpoint.Load() >= pos {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Reset moves the sink to continue after pos (0 replays everything) while
+// it runs: the consumer stops, the write in flight finishes, the checkpoint
+// is reset in its store and consuming starts again from pos+1.
+func (e *Engine) Reset(ctx context.Context, pos uint64) error {
+	r := resetRequest{pos: pos, done: make(chan error, 1)}
+	select {
+	case e.resets <- r:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Redeliver writes events again, in the order given, between two regular
+// batches and without touching the checkpoint (dead letters re-applied by
+// an operator). It returns once they are applied or failed.
+func (e *Engine) Redeliver(ctx context.Context, events []envelope.Event) error {
+	b := &Batch{Events: events, Redelivery: true}
+	for _, ev := range events {
+		b.Bytes += ev.Size()
+	}
+	r := redelivery{ctx: ctx, b: b, done: make(chan error, 1)}
+	select {
+	case e.redeliveries <- r:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
 
 // item is one message from the consumer, decoded or not.
 type item struct {
 	ev  envelope.Event
-	err error // the message is not a valid event
+	bad *DeadLetter // set when the message is not a valid event
 }
 
 // Run consumes until ctx is cancelled, then flushes what it holds and saves
@@ -84,21 +228,37 @@ func (e *Engine) Run(ctx context.Context) (err error) {
 		}
 	}()
 
-	var pos uint64
-	if err := e.retry(ctx, "load checkpoint", func(ctx context.Context) (err error) {
-		pos, err = e.loadCheckpoint(ctx)
-		return err
-	}); err != nil {
-		return e.cleanStop(err)
-	}
-	e.stats.checkpoint.Store(pos)
+	for {
+		var pos uint64
+		if err := e.retry(ctx, "load checkpoint", func(ctx context.Context) (err error) {
+			pos, err = e.loadCheckpoint(ctx)
+			return err
+		}); err != nil {
+			return e.cleanStop(err)
+		}
+		e.setCheckpoint(pos)
 
+		reset, err := e.runFrom(ctx, wctx, pos)
+		if reset == nil {
+			return e.cleanStop(err)
+		}
+		err = e.applyReset(wctx, reset.pos)
+		reset.done <- err
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// runFrom runs the pipeline from pos+1 until ctx ends, a fatal error, or a
+// reset request, which it returns after the write in flight has finished.
+func (e *Engine) runFrom(ctx, wctx context.Context, pos uint64) (*resetRequest, error) {
 	var it jetstream.MessagesContext
 	if err := e.retry(ctx, "start consumer", func(ctx context.Context) (err error) {
 		it, err = e.consume(ctx, pos)
 		return err
 	}); err != nil {
-		return e.cleanStop(err)
+		return nil, err
 	}
 	e.log.Info("sink started", "from", pos+1, "filters", e.cfg.Filters)
 	e.stats.setState(StateRunning)
@@ -123,13 +283,34 @@ func (e *Engine) Run(ctx context.Context) (err error) {
 		writerErr = e.writeLoop(wctx, batches)
 	}()
 
-	loopErr := e.batchLoop(ctx, items, batches, writerDone)
+	reset, loopErr := e.batchLoop(ctx, items, batches, writerDone)
 	close(batches)
 	<-writerDone
 	if writerErr != nil { // the writer's error is the cause; the loop only saw it stop
-		loopErr = writerErr
+		if reset != nil {
+			reset.done <- writerErr
+		}
+		return nil, writerErr
 	}
-	return e.cleanStop(loopErr)
+	return reset, loopErr
+}
+
+// applyReset moves the checkpoint where the operator asked, in the store
+// that holds it, atomically.
+func (e *Engine) applyReset(ctx context.Context, pos uint64) error {
+	e.log.Info("resetting checkpoint", "from", e.stats.checkpoint.Load(), "to", pos)
+	if e.store != nil {
+		r, ok := e.store.(checkpoint.Resetter)
+		if !ok {
+			return Permanent(errors.New("this checkpoint store cannot be reset"))
+		}
+		return e.retry(ctx, "reset checkpoint", func(ctx context.Context) error { return r.Reset(ctx, e.cfg.Name, pos) })
+	}
+	r, ok := e.w.(CheckpointResetter)
+	if !ok {
+		return Permanent(fmt.Errorf("the target of sink %s keeps its checkpoint and cannot reset it", e.cfg.Name))
+	}
+	return e.retry(ctx, "reset checkpoint", func(ctx context.Context) error { return r.ResetCheckpoint(ctx, pos) })
 }
 
 // errWriterStopped ends the batch loop when the writer quit; Run then
@@ -185,12 +366,15 @@ func (e *Engine) read(it jetstream.MessagesContext, out chan<- item, stop <-chan
 			e.log.Warn("message without metadata", "subject", msg.Subject(), "err", err)
 			continue
 		}
-		ev, err := envelope.FromMsg(msg.Subject(), msg.Headers(), msg.Data(), md.Sequence.Stream)
+		pos := md.Sequence.Stream
+		ev, err := envelope.FromMsg(msg.Subject(), msg.Headers(), msg.Data(), pos)
+		it := item{ev: ev}
 		if err != nil {
-			err = fmt.Errorf("malformed event at position %d: %w", md.Sequence.Stream, err)
+			it.bad = &DeadLetter{Subject: msg.Subject(), Position: pos, Header: msg.Headers(), Data: msg.Data(),
+				Err: fmt.Errorf("malformed event at position %d: %w", pos, err)}
 		}
 		select {
-		case out <- item{ev: ev, err: err}:
+		case out <- it:
 		case <-stop:
 			return
 		}
@@ -199,8 +383,9 @@ func (e *Engine) read(it jetstream.MessagesContext, out chan<- item, stop <-chan
 
 // batchLoop owns the batcher: it adds events and hands full (or old enough)
 // batches to the writer. Handing off blocks while the writer is busy, so at
-// most one batch is written and one is filling.
-func (e *Engine) batchLoop(ctx context.Context, items <-chan item, batches chan<- *Batch, writerDone <-chan struct{}) error {
+// most one batch is written and one is filling. A reset request ends it
+// without handing off the partial batch: those events are read again.
+func (e *Engine) batchLoop(ctx context.Context, items <-chan item, batches chan<- *Batch, writerDone <-chan struct{}) (*resetRequest, error) {
 	b := NewBatcher(e.cfg.Batch.MaxEvents, int(e.cfg.Batch.MaxBytes), e.cfg.Batch.MaxInterval)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
@@ -225,36 +410,40 @@ func (e *Engine) batchLoop(ctx context.Context, items <-chan item, batches chan<
 	for {
 		select {
 		case <-ctx.Done():
-			return handOff()
+			return nil, handOff()
 		case <-writerDone:
-			return errWriterStopped
+			return nil, errWriterStopped
+		case r := <-e.resets:
+			return &r, nil
 		case <-timer.C:
 			armed = false
 			if err := handOff(); err != nil {
-				return err
+				return nil, err
 			}
 		case it, ok := <-items:
 			if !ok {
 				if err := handOff(); err != nil {
-					return err
+					return nil, err
 				}
-				return errors.New("sink: the event consumer closed unexpectedly")
+				return nil, errors.New("sink: the event consumer closed unexpectedly")
 			}
 			now := time.Now()
-			if it.err != nil {
+			if it.bad != nil {
 				if e.cfg.OnError == OnErrorStop {
-					e.log.Error("stopping at malformed event", "position", it.ev.Position, "err", it.err)
+					e.log.Error("stopping at malformed event", "position", it.bad.Position, "err", it.bad.Err)
+					e.obs.EventFailed("stopped")
 					if err := handOff(); err != nil {
-						return err
+						return nil, err
 					}
-					return fmt.Errorf("%w: %w", ErrStopped, it.err)
+					return nil, fmt.Errorf("%w: %w", ErrStopped, it.bad.Err)
 				}
-				e.log.Error("skipping malformed event", "position", it.ev.Position, "err", it.err)
-				e.stats.skipped.Add(1)
-				b.Skip(it.ev.Position, now)
+				if err := e.giveUp(ctx, *it.bad); err != nil {
+					return nil, err
+				}
+				b.Skip(it.bad.Position, now)
 			} else if b.Add(it.ev, now) {
 				if err := handOff(); err != nil {
-					return err
+					return nil, err
 				}
 				continue
 			}
@@ -268,15 +457,51 @@ func (e *Engine) batchLoop(ctx context.Context, items <-chan item, batches chan<
 	}
 }
 
+// giveUp skips an event under "skip", or stores it as a dead letter under
+// "dead-letter" (retrying until the dead letter is stored: it must be safe
+// before the checkpoint moves past the event).
+func (e *Engine) giveUp(ctx context.Context, dl DeadLetter) error {
+	e.stats.skipped.Add(1)
+	if e.cfg.OnError != OnErrorDeadLetter {
+		e.log.Error("skipping event", "position", dl.Position, "subject", dl.Subject, "err", dl.Err)
+		e.obs.EventFailed("skipped")
+		return nil
+	}
+	e.log.Error("dead-lettering event", "position", dl.Position, "subject", dl.Subject, "err", dl.Err)
+	e.obs.EventFailed("dead-lettered")
+	return e.retry(ctx, "store dead letter", func(ctx context.Context) error { return e.dlq.DeadLetter(ctx, e.cfg.Name, dl) })
+}
+
 // writeLoop writes batches in order, one at a time, and moves the
-// checkpoint after each one that succeeded.
+// checkpoint after each one that succeeded. Redeliveries are written
+// between two batches.
 func (e *Engine) writeLoop(ctx context.Context, batches <-chan *Batch) error {
-	for b := range batches {
-		if err := e.deliver(ctx, b); err != nil {
-			return err
+	for {
+		select {
+		case b, ok := <-batches:
+			if !ok {
+				return nil
+			}
+			if err := e.deliver(ctx, b); err != nil {
+				return err
+			}
+		case r := <-e.redeliveries:
+			r.done <- e.redeliver(r.ctx, r.b)
 		}
 	}
-	return nil
+}
+
+// redeliver writes dead letters again; transient errors are retried until
+// the operator's request gives up (its ctx), permanent ones returned.
+func (e *Engine) redeliver(ctx context.Context, b *Batch) error {
+	return e.retry(ctx, "redeliver dead letters", func(ctx context.Context) error {
+		err := e.w.WriteBatch(ctx, b)
+		var be *BatchError
+		if errors.As(err, &be) {
+			return Permanent(err)
+		}
+		return err
+	})
 }
 
 // deliver writes b until it is applied, applying the error policy to events
@@ -286,11 +511,13 @@ func (e *Engine) deliver(ctx context.Context, b *Batch) error {
 		start := time.Now()
 		err := e.writeOnce(ctx, b)
 		if err == nil {
-			e.stats.lastFlush.Store(int64(time.Since(start)))
+			took := time.Since(start)
+			e.stats.lastFlush.Store(int64(took))
 			e.stats.batches.Add(1)
 			e.stats.applied.Add(uint64(len(b.Events)))
 			e.stats.bytes.Add(uint64(b.Bytes))
-			e.stats.checkpoint.Store(b.Through)
+			e.setCheckpoint(b.Through)
+			e.obs.BatchWritten(b, took)
 			if attempt > 0 {
 				e.stats.setState(StateRunning)
 			}
@@ -299,7 +526,7 @@ func (e *Engine) deliver(ctx context.Context, b *Batch) error {
 		var be *BatchError
 		switch {
 		case errors.As(err, &be):
-			next, stopErr := e.applyPolicy(b, be)
+			next, stopErr := e.applyPolicy(ctx, b, be)
 			if stopErr != nil {
 				if next != nil {
 					if err := e.deliver(ctx, next); err != nil {
@@ -316,6 +543,7 @@ func (e *Engine) deliver(ctx context.Context, b *Batch) error {
 		e.stats.retries.Add(1)
 		e.stats.setError(err)
 		e.stats.setState(StateRetrying)
+		e.obs.Retried(err)
 		wait := backoff(attempt, e.cfg.Retry.Initial, e.cfg.Retry.Max)
 		e.log.Warn("write failed, retrying", "events", len(b.Events), "through", b.Through, "attempt", attempt+1, "in", wait, "err", err)
 		select {
@@ -341,9 +569,9 @@ func (e *Engine) writeOnce(ctx context.Context, b *Batch) error {
 }
 
 // applyPolicy returns the batch to write next after some of b's events
-// failed for good. With "skip" that is b without them; with "stop" it is the
-// part before the first failure (nil if none) and ErrStopped.
-func (e *Engine) applyPolicy(b *Batch, be *BatchError) (*Batch, error) {
+// failed for good. With "skip" or "dead-letter" that is b without them; with
+// "stop" it is the part before the first failure (nil if none) and ErrStopped.
+func (e *Engine) applyPolicy(ctx context.Context, b *Batch, be *BatchError) (*Batch, error) {
 	failed := make(map[int]error, len(be.Failures))
 	firstIdx := len(b.Events)
 	for _, f := range be.Failures {
@@ -359,6 +587,7 @@ func (e *Engine) applyPolicy(b *Batch, be *BatchError) (*Batch, error) {
 	if e.cfg.OnError == OnErrorStop {
 		ev := b.Events[firstIdx]
 		e.log.Error("stopping at event the target refuses", "position", ev.Position, "id", ev.ID, "type", ev.Type, "err", failed[firstIdx])
+		e.obs.EventFailed("stopped")
 		stopErr := fmt.Errorf("%w: event %s (type %s) at position %d: %w", ErrStopped, ev.ID, ev.Type, ev.Position, failed[firstIdx])
 		if ev.Position <= 1 || firstIdx == 0 && ev.Position-1 <= e.stats.checkpoint.Load() {
 			return nil, stopErr
@@ -372,8 +601,12 @@ func (e *Engine) applyPolicy(b *Batch, be *BatchError) (*Batch, error) {
 	kept := &Batch{Events: make([]envelope.Event, 0, len(b.Events)-len(failed)), Through: b.Through}
 	for i, ev := range b.Events {
 		if err, bad := failed[i]; bad {
-			e.log.Error("skipping event the target refuses", "position", ev.Position, "id", ev.ID, "type", ev.Type, "err", err)
-			e.stats.skipped.Add(1)
+			msg := ev.ToMsg()
+			dl := DeadLetter{Subject: msg.Subject, Position: ev.Position, Header: msg.Header, Data: ev.Data,
+				Err: fmt.Errorf("event %s (type %s): %w", ev.ID, ev.Type, err)}
+			if err := e.giveUp(ctx, dl); err != nil {
+				return nil, err
+			}
 			continue
 		}
 		kept.Events = append(kept.Events, ev)
@@ -393,6 +626,7 @@ func (e *Engine) retry(ctx context.Context, what string, f func(context.Context)
 			return err
 		}
 		e.stats.setError(err)
+		e.obs.Retried(err)
 		wait := backoff(attempt, e.cfg.Retry.Initial, e.cfg.Retry.Max)
 		e.log.Warn("retrying", "what", what, "in", wait, "err", err)
 		select {

@@ -125,7 +125,8 @@ func (a *Appender) State(ctx context.Context, category, streamID string) (Stream
 }
 
 // Append stores the request's events as versions current+1..current+n of
-// their stream. Errors: *envelope.FieldError for bad input, *VersionError,
+// their stream. It fills in the events' Category, StreamID, Version and,
+// when missing, Time. Errors: *envelope.FieldError for bad input, *VersionError,
 // *DuplicateIDError, ErrConflict, ErrUnavailable, ErrTooLarge.
 func (a *Appender) Append(ctx context.Context, req AppendRequest) (AppendResult, error) {
 	if err := req.validate(a.now()); err != nil {

@@ -55,7 +55,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Bridge, err erro
 		url = b.ns.ClientURL()
 		log.Info("embedded NATS running", "url", url, "store_dir", cfg.NATS.Embedded.StoreDir)
 	}
-	if b.nc, err = natsutil.Connect(url, "jetsync-bridge", log); err != nil {
+	if b.nc, err = natsutil.Connect(url, "jetsync-bridge", log, nats.ReconnectBufSize(-1)); err != nil {
 		return nil, err
 	}
 	if b.js, err = jetstream.New(b.nc, jetstream.WithDefaultTimeout(cfg.Append.Timeout)); err != nil {

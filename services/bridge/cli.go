@@ -161,7 +161,11 @@ func importCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	}
 	res, err := Import(ctx, js, in, opts)
 	if bar != nil {
-		_ = bar.Exit()
+		if err == nil {
+			_ = bar.Finish()
+		} else {
+			_ = bar.Exit()
+		}
 	}
 	fmt.Fprintln(stdout, summary(res))
 	if err != nil {

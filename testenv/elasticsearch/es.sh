@@ -33,6 +33,16 @@ need() {
 	command -v "$1" >/dev/null 2>&1 || die "$1 not found: $2"
 }
 
+# jars_present reports whether every jar of the cached classpath is still in
+# the local Maven repository (it may have been wiped since).
+jars_present() {
+	local jar
+	IFS=: read -r -a jars <"$cp_file"
+	for jar in "${jars[@]}"; do
+		[[ -f "$jar" ]] || return 1
+	done
+}
+
 # ensure_built resolves the classpath (once per pom.xml change) and compiles
 # the launcher (once per source or classpath change), under a lock so that
 # test binaries running in parallel do it once.
@@ -42,13 +52,15 @@ ensure_built() {
 		exec 9>"$cache/.lock"
 		flock 9
 	fi
-	if [[ ! -s "$cp_file" || "$here/pom.xml" -nt "$cp_file" ]]; then
+	if [[ ! -s "$cp_file" || "$here/pom.xml" -nt "$cp_file" ]] || ! jars_present; then
 		need java "install Java 17+ (apt-get install -y openjdk-17-jdk-headless)"
 		need mvn "install Maven 3.8+ (apt-get install -y maven)"
-		echo "es.sh: resolving Elasticsearch jars with Maven (first run downloads ~35 MB)..." >&2
+		echo "es.sh: resolving Elasticsearch jars with Maven (the first run downloads ~45 MB into ~/.m2)..." >&2
 		local tmp="$cp_file.tmp.$$"
-		if ! mvn -q -B -Dstyle.color=never -f "$here/pom.xml" dependency:build-classpath -Dmdep.outputFile="$tmp" >&2; then
+		local out
+		if ! out="$(mvn -q -B -Dstyle.color=never -f "$here/pom.xml" dependency:build-classpath -Dmdep.outputFile="$tmp" 2>&1)"; then
 			rm -f "$tmp"
+			echo "$out" >&2
 			die "mvn dependency:build-classpath failed (is Maven Central reachable?)"
 		fi
 		mv "$tmp" "$cp_file"

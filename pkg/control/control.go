@@ -1,0 +1,205 @@
+// Package control is how operators and sinks talk: a NATS KV bucket where
+// every running sink publishes its status, and where jetsyncctl leaves reset
+// requests that the sink picks up by itself, whether it is running now or
+// starts later.
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetsync/jetsync/pkg/envelope"
+)
+
+// Bucket is the KV bucket of the control plane.
+const Bucket = "jetsync-sinks"
+
+var (
+	// ErrUnknownSink means no sink of that name has ever reported.
+	ErrUnknownSink = errors.New("unknown sink")
+	// ErrBeyondHead means a reset asked for a position the stream has not reached.
+	ErrBeyondHead = errors.New("position is beyond the stream head")
+)
+
+// Status is what a sink reports about itself about once a second.
+type Status struct {
+	Name       string    `json:"name"`
+	State      string    `json:"state"` // catching-up, live, retrying, stopped
+	Checkpoint uint64    `json:"checkpoint"`
+	Head       uint64    `json:"head"`       // last position in the stream matching the sink's filters
+	LagEvents  uint64    `json:"lagEvents"`  // positions between checkpoint and head
+	LagSeconds float64   `json:"lagSeconds"` // age of the oldest event not applied yet
+	Rate       float64   `json:"rate"`       // events applied per second, recent
+	Applied    uint64    `json:"applied"`    // events applied by this process
+	LastError  string    `json:"lastError,omitempty"`
+	Filters    []string  `json:"filters"`
+	Admin      string    `json:"admin,omitempty"` // the sink's HTTP address (metrics, wait)
+	Updated    time.Time `json:"updated"`
+}
+
+// Stale reports whether the status is too old to describe a running sink.
+func (s Status) Stale(now time.Time) bool { return now.Sub(s.Updated) > 5*time.Second }
+
+// ResetRequest asks sink to continue from just after Position.
+type ResetRequest struct {
+	Position    uint64    `json:"position"`
+	RequestedAt time.Time `json:"requestedAt"`
+	revision    uint64
+}
+
+// Store is the control bucket.
+type Store struct{ kv jetstream.KeyValue }
+
+// Open opens (creating when missing) the control bucket.
+func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      Bucket,
+		Description: "jetsync sink status and reset requests",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("opening control bucket %s: %w", Bucket, err)
+	}
+	return &Store{kv: kv}, nil
+}
+
+func statusKey(sink string) string { return "status." + sink }
+func resetKey(sink string) string  { return "reset." + sink }
+
+// PublishStatus stores a sink's status.
+func (s *Store) PublishStatus(ctx context.Context, st Status) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	_, err = s.kv.Put(ctx, statusKey(st.Name), b)
+	return err
+}
+
+// Status returns one sink's last status, ErrUnknownSink if it never reported.
+func (s *Store) Status(ctx context.Context, sink string) (Status, error) {
+	if err := envelope.ValidateToken("sink", sink); err != nil {
+		return Status{}, err
+	}
+	e, err := s.kv.Get(ctx, statusKey(sink))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		known, _ := s.Statuses(ctx)
+		names := make([]string, 0, len(known))
+		for _, k := range known {
+			names = append(names, k.Name)
+		}
+		return Status{}, fmt.Errorf("%w %q; known sinks: %s", ErrUnknownSink, sink, orNone(names))
+	}
+	if err != nil {
+		return Status{}, err
+	}
+	var st Status
+	if err := json.Unmarshal(e.Value(), &st); err != nil {
+		return Status{}, fmt.Errorf("status of %s is not valid JSON: %w", sink, err)
+	}
+	return st, nil
+}
+
+func orNone(names []string) string {
+	if len(names) == 0 {
+		return "(none has reported yet)"
+	}
+	return strings.Join(names, ", ")
+}
+
+// Statuses returns every sink's last status, sorted by name.
+func (s *Store) Statuses(ctx context.Context) ([]Status, error) {
+	lister, err := s.kv.ListKeys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []Status
+	for k := range lister.Keys() {
+		name, ok := strings.CutPrefix(k, "status.")
+		if !ok {
+			continue
+		}
+		st, err := s.Status(ctx, name)
+		if err != nil {
+			continue
+		}
+		out = append(out, st)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// RequestReset leaves a reset request for sink. A running sink applies it
+// within moments; a stopped one when it starts.
+func (s *Store) RequestReset(ctx context.Context, sink string, pos uint64) error {
+	b, _ := json.Marshal(ResetRequest{Position: pos, RequestedAt: time.Now().UTC()})
+	_, err := s.kv.Put(ctx, resetKey(sink), b)
+	return err
+}
+
+// PendingReset returns a reset request waiting for sink, if any.
+func (s *Store) PendingReset(ctx context.Context, sink string) (*ResetRequest, error) {
+	e, err := s.kv.Get(ctx, resetKey(sink))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return decodeReset(e)
+}
+
+func decodeReset(e jetstream.KeyValueEntry) (*ResetRequest, error) {
+	var r ResetRequest
+	if err := json.Unmarshal(e.Value(), &r); err != nil {
+		return nil, fmt.Errorf("reset request %s is not valid JSON: %w", e.Key(), err)
+	}
+	r.revision = e.Revision()
+	return &r, nil
+}
+
+// WatchResets delivers sink's reset requests as they are made, until ctx ends.
+func (s *Store) WatchResets(ctx context.Context, sink string) (<-chan *ResetRequest, error) {
+	w, err := s.kv.Watch(ctx, resetKey(sink), jetstream.UpdatesOnly())
+	if err != nil {
+		return nil, err
+	}
+	out := make(chan *ResetRequest, 1)
+	go func() {
+		defer close(out)
+		defer w.Stop()
+		for e := range w.Updates() {
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			r, err := decodeReset(e)
+			if err != nil {
+				continue
+			}
+			select {
+			case out <- r:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out, nil
+}
+
+// DoneReset removes an applied request, unless a newer one replaced it.
+func (s *Store) DoneReset(ctx context.Context, sink string, r *ResetRequest) error {
+	err := s.kv.Delete(ctx, resetKey(sink), jetstream.LastRevision(r.revision))
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		return nil // a newer request arrived; it will be applied next
+	}
+	return err
+}
