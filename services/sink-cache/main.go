@@ -12,15 +12,11 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/jetsync/jetsync/pkg/config"
-	"github.com/jetsync/jetsync/pkg/natsutil"
-	"github.com/jetsync/jetsync/pkg/sink"
+	"github.com/jetsync/jetsync/pkg/sinkd"
 	"github.com/jetsync/jetsync/services/sink-cache/cache"
 )
 
@@ -46,45 +42,18 @@ func run() int {
 		return 2
 	}
 
-	nc, err := natsutil.Connect(cfg.NATS.URL, "jetsync-sink-"+cfg.Name, log)
-	if err != nil {
-		log.Error("cannot start", "err", err)
-		return 1
-	}
-	defer drain(nc)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		log.Error("cannot start", "err", err)
-		return 1
-	}
-	eng, err := sink.New(cfg.Config, js, w, nil, log)
-	if err != nil {
-		log.Error("cannot start", "err", err)
-		return 1
-	}
-
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := eng.Run(ctx); err != nil {
+	svc, err := sinkd.New(ctx, cfg.Config, w, log)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	if err := svc.Run(ctx); err != nil {
 		log.Error("sink failed", "err", err)
 		return 1
 	}
 	return 0
-}
-
-// drain closes the NATS connection gracefully, waiting at most 5s.
-func drain(nc *nats.Conn) {
-	closed := make(chan struct{})
-	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
-	if err := nc.Drain(); err != nil {
-		nc.Close()
-		return
-	}
-	select {
-	case <-closed:
-	case <-time.After(5 * time.Second):
-		nc.Close()
-	}
 }
 
 // redisLog sends go-redis's own messages (pool dial failures and the like)

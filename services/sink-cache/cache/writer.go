@@ -29,7 +29,11 @@ type Writer struct {
 	rdb *redis.Client // nil before Connect and after Close
 }
 
-var _ sink.CheckpointWriter = (*Writer)(nil)
+var _ interface {
+	sink.CheckpointWriter
+	sink.CheckpointResetter
+	sink.Pinger
+} = (*Writer)(nil)
 
 // NewWriter validates cfg and compiles its mappings; it does not connect.
 func NewWriter(cfg Config, log *slog.Logger) (*Writer, error) {
@@ -150,6 +154,10 @@ func (w *Writer) WriteBatch(ctx context.Context, b *sink.Batch) error {
 		return &sink.BatchError{Failures: failures}
 	}
 
+	if b.Redelivery {
+		return w.redeliver(ctx, rdb, cmds)
+	}
+
 	var run []command
 	var out []redis.Cmder
 	err = rdb.Watch(ctx, func(tx *redis.Tx) error {
@@ -181,6 +189,47 @@ func (w *Writer) WriteBatch(ctx context.Context, b *sink.Batch) error {
 			ErrConcurrentWriter, w.cpKey, w.name, b.Through))
 	}
 	return classify(fmt.Errorf("writing batch through %d: %w", b.Through, err))
+}
+
+// redeliver applies dead letters an operator retries: one MULTI/EXEC,
+// unguarded by the checkpoint (they are behind it by nature), which it
+// leaves alone.
+func (w *Writer) redeliver(ctx context.Context, rdb *redis.Client, cmds []command) error {
+	out, err := rdb.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+		for _, c := range cmds {
+			pipe.Do(ctx, c.args...)
+		}
+		return nil
+	})
+	for _, c := range out {
+		if c.Err() != nil && err == nil {
+			err = c.Err()
+		}
+	}
+	return classify(err)
+}
+
+// ResetCheckpoint sets the checkpoint to pos (jetsyncctl reset/replay). The
+// engine calls it with no batch in flight; a MULTI keeps it one write.
+func (w *Writer) ResetCheckpoint(ctx context.Context, pos uint64) error {
+	rdb := w.client()
+	if rdb == nil {
+		return ErrNotConnected
+	}
+	_, err := rdb.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+		pipe.Set(ctx, w.cpKey, pos, 0)
+		return nil
+	})
+	return classify(err)
+}
+
+// Ping tells /readyz whether Redis answers.
+func (w *Writer) Ping(ctx context.Context) error {
+	rdb := w.client()
+	if rdb == nil {
+		return ErrNotConnected
+	}
+	return rdb.Ping(ctx).Err()
 }
 
 // committed reports whether EXEC ran: the checkpoint SET, queued last,
