@@ -51,6 +51,10 @@ type BatchConfig struct {
 	MaxEvents   int             `yaml:"max_events"`
 	MaxBytes    config.ByteSize `yaml:"max_bytes"`
 	MaxInterval time.Duration   `yaml:"max_interval"`
+	// FlushWhenIdle hands a batch to the writer as soon as no more events
+	// are waiting and the writer is idle (group commit): low latency at low
+	// load, full batches under load. Off, a batch waits for a limit.
+	FlushWhenIdle bool `yaml:"flush_when_idle"`
 }
 
 // RetryConfig shapes the exponential backoff (with jitter) of transient
@@ -67,7 +71,7 @@ func DefaultConfig(name string) Config {
 		NATS:            NATSConfig{URL: "nats://127.0.0.1:4222"},
 		Stream:          natsutil.DefaultStream,
 		Filters:         []string{envelope.SubjectPrefix + ".>"},
-		Batch:           BatchConfig{MaxEvents: 1000, MaxBytes: 1 << 20, MaxInterval: 20 * time.Millisecond},
+		Batch:           BatchConfig{MaxEvents: 1000, MaxBytes: 1 << 20, MaxInterval: 20 * time.Millisecond, FlushWhenIdle: true},
 		Retry:           RetryConfig{Initial: 50 * time.Millisecond, Max: 5 * time.Second},
 		OnError:         OnErrorStop,
 		ShutdownTimeout: 10 * time.Second,

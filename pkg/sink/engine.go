@@ -446,6 +446,17 @@ func (e *Engine) batchLoop(ctx context.Context, items <-chan item, batches chan<
 					return nil, err
 				}
 				continue
+			} else if e.cfg.Batch.FlushWhenIdle && len(items) == 0 {
+				// Group commit: nothing else is waiting to be read and the
+				// writer is idle, so waiting would only add latency. While
+				// the writer is busy, events keep accumulating instead.
+				if b.TryFlush(batches) {
+					if armed {
+						timer.Stop()
+						armed = false
+					}
+					continue
+				}
 			}
 			if !armed {
 				if d := b.UntilNext(now); d >= 0 {

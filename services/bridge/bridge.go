@@ -26,6 +26,7 @@ type Bridge struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
 	app  *Appender
+	met  *Metrics
 	ln   net.Listener
 	srv  *http.Server
 	done chan error // the HTTP server's result
@@ -72,7 +73,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Bridge, err erro
 	if b.ln, err = net.Listen("tcp", cfg.HTTP.Listen); err != nil {
 		return nil, fmt.Errorf("http.listen: %w", err)
 	}
-	api := NewAPI(b.app, int64(cfg.HTTP.MaxBodyBytes), cfg.Append.Timeout, b.nc.IsConnected, log)
+	b.met = NewMetrics()
+	api := NewAPI(b.app, int64(cfg.HTTP.MaxBodyBytes), cfg.Append.Timeout, b.nc.IsConnected, b.met, log)
 	b.srv = &http.Server{
 		Handler:           api.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -90,6 +92,10 @@ func (b *Bridge) Addr() string { return b.ln.Addr().String() }
 
 // Appender is the bridge's appender, for callers in this process.
 func (b *Bridge) Appender() *Appender { return b.app }
+
+// Metrics is what the bridge serves at /metrics; pass it in ImportOptions
+// to count an import run in this process.
+func (b *Bridge) Metrics() *Metrics { return b.met }
 
 // Run serves until ctx ends, then shuts down gracefully. It returns nil after
 // a clean shutdown.

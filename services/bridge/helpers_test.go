@@ -36,6 +36,7 @@ type apiEnv struct {
 	js     jetstream.JetStream
 	stream jetstream.Stream
 	app    *Appender
+	met    *Metrics
 	srv    *httptest.Server
 }
 
@@ -69,9 +70,10 @@ func newEnvOn(t *testing.T, ns *testenv.NATSServer) *apiEnv {
 		t.Fatal(err)
 	}
 	app := NewAppender(js, stream)
-	srv := httptest.NewServer(NewAPI(app, testMaxBody, testTimeout, nc.IsConnected, log).Handler())
+	met := NewMetrics()
+	srv := httptest.NewServer(NewAPI(app, testMaxBody, testTimeout, nc.IsConnected, met, log).Handler())
 	t.Cleanup(srv.Close)
-	return &apiEnv{ns: ns, nc: nc, js: js, stream: stream, app: app, srv: srv}
+	return &apiEnv{ns: ns, nc: nc, js: js, stream: stream, app: app, met: met, srv: srv}
 }
 
 // apiResp is every field any answer of the API has.

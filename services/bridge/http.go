@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/jetsync/jetsync/pkg/envelope"
 )
 
@@ -24,12 +26,17 @@ type API struct {
 	maxBody int64
 	timeout time.Duration
 	ready   func() bool
+	met     *Metrics
 	log     *slog.Logger
 }
 
-// NewAPI builds the handler. ready reports whether NATS is reachable.
-func NewAPI(app *Appender, maxBody int64, timeout time.Duration, ready func() bool, log *slog.Logger) *API {
-	return &API{app: app, maxBody: maxBody, timeout: timeout, ready: ready, log: log}
+// NewAPI builds the handler. ready reports whether NATS is reachable; met
+// counts the appends and is served at /metrics (nil: the API makes its own).
+func NewAPI(app *Appender, maxBody int64, timeout time.Duration, ready func() bool, met *Metrics, log *slog.Logger) *API {
+	if met == nil {
+		met = NewMetrics()
+	}
+	return &API{app: app, maxBody: maxBody, timeout: timeout, ready: ready, met: met, log: log}
 }
 
 // Handler routes:
@@ -38,6 +45,7 @@ func NewAPI(app *Appender, maxBody int64, timeout time.Duration, ready func() bo
 //	GET  /streams/{category}/{id}         version and last position
 //	GET  /healthz                         the process is up
 //	GET  /readyz                          NATS is connected
+//	GET  /metrics                         Prometheus metrics
 func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /streams/{category}/{id}/events", a.append)
@@ -56,6 +64,10 @@ func (a *API) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
 	mux.HandleFunc("/readyz", methodNotAllowed("GET, HEAD"))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.met.Registry, promhttp.HandlerOpts{
+		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+	}))
+	mux.HandleFunc("/metrics", methodNotAllowed("GET, HEAD"))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, errorBody{Error: "no such endpoint: " + r.URL.Path + "; see POST /streams/{category}/{id}/events"})
 	})
@@ -87,15 +99,20 @@ func methodNotAllowed(allow string) http.HandlerFunc {
 }
 
 func (a *API) append(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	status, res := a.doAppend(w, r)
+	a.met.appendDone(status, res.Duplicate, len(res.Positions), time.Since(start))
+}
+
+// doAppend answers an append request and returns the status it answered with.
+func (a *API) doAppend(w http.ResponseWriter, r *http.Request) (int, AppendResult) {
 	req := AppendRequest{Category: r.PathValue("category"), StreamID: r.PathValue("id")}
 	var err error
 	if req.ExpectedVersion, err = expectedVersion(r); err != nil {
-		writeError(w, err, a.log)
-		return
+		return writeError(w, err, a.log), AppendResult{}
 	}
 	if req.Events, err = decodeEvents(http.MaxBytesReader(w, r.Body, a.maxBody)); err != nil {
-		writeError(w, err, a.log)
-		return
+		return writeError(w, err, a.log), AppendResult{}
 	}
 	// The append finishes even if the client goes away: a batch cut off
 	// half-sent is only abandoned by the server after a timeout.
@@ -103,10 +120,10 @@ func (a *API) append(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	res, err := a.app.Append(ctx, req)
 	if err != nil {
-		writeError(w, err, a.log)
-		return
+		return writeError(w, err, a.log), AppendResult{}
 	}
 	writeJSON(w, http.StatusOK, res)
+	return http.StatusOK, res
 }
 
 func (a *API) stream(w http.ResponseWriter, r *http.Request) {
@@ -186,8 +203,9 @@ type errorBody struct {
 	Field string `json:"field,omitempty"`
 }
 
-// writeError maps an error to its status code and JSON body.
-func writeError(w http.ResponseWriter, err error, log *slog.Logger) {
+// writeError maps an error to its status code and JSON body, and returns
+// the status code.
+func writeError(w http.ResponseWriter, err error, log *slog.Logger) int {
 	var (
 		mbe *http.MaxBytesError
 		ve  *VersionError
@@ -196,41 +214,43 @@ func writeError(w http.ResponseWriter, err error, log *slog.Logger) {
 	)
 	switch {
 	case errors.As(err, &mbe):
-		writeJSON(w, http.StatusRequestEntityTooLarge, errorBody{Error: fmt.Sprintf("request body is larger than %d bytes (http.max_body_bytes); split the append", mbe.Limit), Field: "body"})
+		return writeJSON(w, http.StatusRequestEntityTooLarge, errorBody{Error: fmt.Sprintf("request body is larger than %d bytes (http.max_body_bytes); split the append", mbe.Limit), Field: "body"})
 	case errors.As(err, &ve):
-		writeJSON(w, http.StatusConflict, struct {
+		return writeJSON(w, http.StatusConflict, struct {
 			Error           string `json:"error"`
 			ExpectedVersion uint64 `json:"expectedVersion"`
 			CurrentVersion  uint64 `json:"currentVersion"`
 		}{"wrong expected version", ve.Expected, ve.Current})
 	case errors.As(err, &de):
-		writeJSON(w, http.StatusConflict, struct {
+		return writeJSON(w, http.StatusConflict, struct {
 			errorBody
 			ID       string `json:"id,omitempty"`
 			Position uint64 `json:"position,omitempty"`
 		}{errorBody{de.Error(), de.Field}, de.ID, de.Position})
 	case errors.As(err, &fe):
-		writeJSON(w, http.StatusBadRequest, errorBody{Error: fe.Error(), Field: fe.Field})
+		return writeJSON(w, http.StatusBadRequest, errorBody{Error: fe.Error(), Field: fe.Field})
 	case errors.Is(err, ErrConflict):
-		writeJSON(w, http.StatusConflict, errorBody{Error: err.Error() + "; retry the append"})
+		return writeJSON(w, http.StatusConflict, errorBody{Error: err.Error() + "; retry the append"})
 	case errors.Is(err, ErrTooLarge):
-		writeJSON(w, http.StatusRequestEntityTooLarge, errorBody{Error: err.Error() + "; make the events smaller", Field: "events"})
+		return writeJSON(w, http.StatusRequestEntityTooLarge, errorBody{Error: err.Error() + "; make the events smaller", Field: "events"})
 	case errors.Is(err, ErrUnavailable):
 		if log != nil {
 			log.Warn("NATS unavailable", "err", err)
 		}
 		w.Header().Set("Retry-After", "1")
-		writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: err.Error() + "; retry with the same event ids"})
+		return writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: err.Error() + "; retry with the same event ids"})
 	default:
 		if log != nil {
 			log.Error("request failed", "err", err)
 		}
-		writeJSON(w, http.StatusInternalServerError, errorBody{Error: err.Error()})
+		return writeJSON(w, http.StatusInternalServerError, errorBody{Error: err.Error()})
 	}
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
+// writeJSON answers with status and v as JSON, and returns status.
+func writeJSON(w http.ResponseWriter, status int, v any) int {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+	return status
 }

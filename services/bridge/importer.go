@@ -26,6 +26,9 @@ type ImportOptions struct {
 	// Progress, when set, is called now and then with the number of lines
 	// handled so far, and once at the end.
 	Progress func(lines int64)
+	// Metrics, when set, counts the events stored
+	// (jetsync_bridge_import_events_total).
+	Metrics *Metrics
 }
 
 // ImportResult counts what an import did.
@@ -270,6 +273,7 @@ func (imp *importer) collect(ctx context.Context, pending <-chan pendingPub) {
 			imp.res.Duplicates++
 		default:
 			imp.res.Published++
+			imp.opts.Metrics.eventImported()
 		}
 		imp.mu.Unlock()
 	}

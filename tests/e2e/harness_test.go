@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -37,6 +38,8 @@ func TestMain(m *testing.M) {
 	// Every service with a main package, so each sink's e2e test finds its
 	// binary here.
 	services, _ := filepath.Glob(filepath.Join("..", "..", "services", "*", "main.go"))
+	tools, _ := filepath.Glob(filepath.Join("..", "..", "cmd", "*", "main.go"))
+	services = append(services, tools...)
 	for _, mainGo := range services {
 		svcDir := filepath.Dir(mainGo)
 		svc := filepath.Base(svcDir)
@@ -163,12 +166,14 @@ type stack struct {
 	bridge     *proc
 	sink       *proc
 	sinkConfig string
+	sinkAdmin  string // http://127.0.0.1:PORT of the sink's admin server
 }
 
 const sinkName = "cache"
 
-func sinkYAML(natsURL, redisAddr string) string {
+func sinkYAML(natsURL, redisAddr string, adminPort int) string {
 	return fmt.Sprintf(`name: %s
+http: {listen: "127.0.0.1:%d"}
 nats: {url: %q}
 stream: EVENTS
 filters: ["events.order.>"]
@@ -190,7 +195,7 @@ mappings:
   OrderCancelled:
     - {op: del, key: "order:{streamId}"}
     - {op: append, key: "applied:{streamId}", value: "{position}"}
-`, sinkName, natsURL, redisAddr)
+`, sinkName, adminPort, natsURL, redisAddr)
 }
 
 func newStack(t *testing.T) *stack {
@@ -211,7 +216,9 @@ func newStack(t *testing.T) *stack {
 		resp.Body.Close()
 		return resp.StatusCode == 200
 	}, "bridge never became ready")
-	s.sinkConfig = writeFile(t, "sink-cache.yaml", sinkYAML(s.nats.URL(), s.redis.Addr()))
+	adminPort := testenv.FreePort(t)
+	s.sinkAdmin = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
+	s.sinkConfig = writeFile(t, "sink-cache.yaml", sinkYAML(s.nats.URL(), s.redis.Addr(), adminPort))
 	return s
 }
 
@@ -231,6 +238,30 @@ func (s *stack) checkpoint() uint64 {
 	}
 	n, _ := strconv.ParseUint(v, 10, 64)
 	return n
+}
+
+// ctl runs jetsyncctl against the stack's NATS and returns its combined
+// output and exit code.
+func (s *stack) ctl(args ...string) (string, int) {
+	s.t.Helper()
+	cmd := exec.Command(filepath.Join(binDir, "jetsyncctl"), append([]string{"-nats", s.nats.URL()}, args...)...)
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		s.t.Fatalf("running jetsyncctl: %v", err)
+	}
+	return string(out), cmd.ProcessState.ExitCode()
+}
+
+// get fetches url and returns the status code and body.
+func get(url string) (int, string) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }
 
 // appendReq is one request body event.

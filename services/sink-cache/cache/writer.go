@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
@@ -274,4 +275,22 @@ func classify(err error) error {
 		return sink.Permanent(fmt.Errorf("%w: %w", ErrAuth, err))
 	}
 	return err
+}
+
+// Checkpoints reads sink-cache checkpoints from Redis for
+// checkpoint.WaitFor (read-your-writes from Go): the sink keeps its
+// checkpoint in Redis, at DefaultCheckpointKey unless configured otherwise.
+type Checkpoints struct {
+	Client *redis.Client
+	// KeyTemplate is the sink's redis.checkpoint_key; empty means the default.
+	KeyTemplate string
+}
+
+// Load implements checkpoint.Loader.
+func (c Checkpoints) Load(ctx context.Context, sinkName string) (uint64, error) {
+	tmpl := c.KeyTemplate
+	if tmpl == "" {
+		tmpl = DefaultCheckpointKey
+	}
+	return readCheckpoint(ctx, c.Client, strings.ReplaceAll(tmpl, "{sink}", sinkName))
 }

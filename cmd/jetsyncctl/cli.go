@@ -1,0 +1,237 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetsync/jetsync/pkg/control"
+	"github.com/jetsync/jetsync/pkg/deadletter"
+	"github.com/jetsync/jetsync/pkg/natsutil"
+)
+
+// ctl is one jetsyncctl invocation's connections.
+type ctl struct {
+	out, errOut io.Writer
+	nc          *nats.Conn
+	js          jetstream.JetStream
+	stream      string
+	control     *control.Store
+}
+
+func usageErr(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format+"\n\n%s", append([]any{errUsage}, append(args, usage)...)...)
+}
+
+// run parses the global flags, connects and dispatches.
+func run(ctx context.Context, args []string, out, errOut io.Writer) error {
+	fs := flag.NewFlagSet("jetsyncctl", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	url := os.Getenv("JETSYNC_NATS_URL")
+	if url == "" {
+		url = "nats://127.0.0.1:4222"
+	}
+	natsURL := fs.String("nats", url, "NATS URL")
+	stream := fs.String("stream", natsutil.DefaultStream, "event stream")
+	if err := fs.Parse(args); err != nil {
+		return usageErr("%v", err)
+	}
+	args = fs.Args()
+	if len(args) == 0 {
+		return usageErr("a command is required")
+	}
+	known := map[string]bool{"status": true, "reset": true, "replay": true, "dlq": true}
+	if !known[args[0]] {
+		return usageErr("unknown command %q", args[0])
+	}
+
+	nc, err := nats.Connect(*natsURL, nats.Name("jetsyncctl"), nats.Timeout(3*time.Second))
+	if err != nil {
+		return fmt.Errorf("connecting to NATS at %s: %w (set -nats or JETSYNC_NATS_URL)", *natsURL, err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	store, err := control.Open(ctx, js)
+	if err != nil {
+		return err
+	}
+	c := &ctl{out: out, errOut: errOut, nc: nc, js: js, stream: *stream, control: store}
+	switch args[0] {
+	case "status":
+		return c.status(ctx)
+	case "reset":
+		_, _, err := c.reset(ctx, args[1:], false)
+		return err
+	case "replay":
+		return c.replay(ctx, args[1:])
+	default:
+		return c.dlq(ctx, args[1:])
+	}
+}
+
+// splitArgs parses flags wherever they stand among the positional
+// arguments (jetsyncctl reset cache --to-start and --to-start cache alike).
+func splitArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+// target is where a reset moves a sink.
+type target struct {
+	checkpoint uint64 // the new checkpoint: the sink applies what follows it
+	describe   string
+}
+
+// resolveTarget turns --to-start / --to-seq / --to-time into a checkpoint,
+// checked against the stream's head for the sink's filters.
+func (c *ctl) resolveTarget(ctx context.Context, st control.Status, toStart bool, toSeq string, toTime string) (target, error) {
+	n := 0
+	for _, set := range []bool{toStart, toSeq != "", toTime != ""} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return target{}, usageErr("give exactly one of --to-start, --to-seq N, --to-time RFC3339")
+	}
+	head, err := c.head(ctx, st.Filters)
+	if err != nil {
+		return target{}, err
+	}
+	switch {
+	case toStart:
+		return target{0, "the start of the stream"}, nil
+	case toSeq != "":
+		seq, err := strconv.ParseUint(toSeq, 10, 64)
+		if err != nil || seq == 0 {
+			return target{}, usageErr("--to-seq %q: must be a position >= 1 (the first event the sink applies again)", toSeq)
+		}
+		if seq > head {
+			return target{}, fmt.Errorf("%w: --to-seq %d is beyond the stream head %d for %s; nothing changed",
+				errUsage, seq, head, strings.Join(st.Filters, ","))
+		}
+		return target{seq - 1, fmt.Sprintf("position %d", seq)}, nil
+	default:
+		t, err := time.Parse(time.RFC3339Nano, toTime)
+		if err != nil {
+			return target{}, usageErr("--to-time %q: not an RFC 3339 time; write it like 2026-11-25T10:00:00Z", toTime)
+		}
+		seq, err := c.firstAtOrAfter(ctx, st.Filters, t)
+		if err != nil {
+			return target{}, err
+		}
+		if seq == 0 {
+			return target{}, fmt.Errorf("%w: --to-time %s is after the last event of %s (head %d); nothing changed",
+				errUsage, toTime, strings.Join(st.Filters, ","), head)
+		}
+		return target{seq - 1, fmt.Sprintf("%s (position %d)", t.Format(time.RFC3339), seq)}, nil
+	}
+}
+
+// reset validates and leaves a reset request; it returns the target and
+// the head at the time of the request.
+func (c *ctl) reset(ctx context.Context, args []string, quiet bool) (control.Status, target, error) {
+	fs := flag.NewFlagSet("reset", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	toStart := fs.Bool("to-start", false, "")
+	toSeq := fs.String("to-seq", "", "")
+	toTime := fs.String("to-time", "", "")
+	fs.Duration("timeout", 30*time.Minute, "") // replay's; accepted here so both share flags
+	pos, err := splitArgs(fs, args)
+	if err != nil {
+		return control.Status{}, target{}, usageErr("%v", err)
+	}
+	if len(pos) != 1 {
+		return control.Status{}, target{}, usageErr("name one sink (see jetsyncctl status)")
+	}
+	st, err := c.control.Status(ctx, pos[0])
+	if err != nil {
+		if errors.Is(err, control.ErrUnknownSink) {
+			return st, target{}, fmt.Errorf("%w: %v", errUsage, err)
+		}
+		return st, target{}, err
+	}
+	tgt, err := c.resolveTarget(ctx, st, *toStart, *toSeq, *toTime)
+	if err != nil {
+		return st, tgt, err
+	}
+	if err := c.control.RequestReset(ctx, st.Name, tgt.checkpoint); err != nil {
+		return st, tgt, err
+	}
+	if !quiet {
+		state := "it applies the reset now"
+		if st.Stale(time.Now()) {
+			state = "it is not running; it applies the reset when it starts"
+		}
+		fmt.Fprintf(c.out, "reset %s to %s (checkpoint %d): %s\n", st.Name, tgt.describe, tgt.checkpoint, state)
+	}
+	return st, tgt, nil
+}
+
+// head is the last position in the stream matching filters (0 if none).
+func (c *ctl) head(ctx context.Context, filters []string) (uint64, error) {
+	s, err := c.js.Stream(ctx, c.stream)
+	if err != nil {
+		return 0, fmt.Errorf("stream %s: %w", c.stream, err)
+	}
+	var head uint64
+	for _, f := range filters {
+		m, err := s.GetLastMsgForSubject(ctx, f)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		head = max(head, m.Sequence)
+	}
+	return head, nil
+}
+
+// firstAtOrAfter finds the first position at or after t matching filters
+// (0 if none), from each message's stored time.
+func (c *ctl) firstAtOrAfter(ctx context.Context, filters []string, t time.Time) (uint64, error) {
+	cons, err := c.js.OrderedConsumer(ctx, c.stream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: filters, DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &t})
+	if err != nil {
+		return 0, err
+	}
+	msgs, err := cons.Fetch(1, jetstream.FetchMaxWait(time.Second))
+	if err != nil {
+		return 0, err
+	}
+	for m := range msgs.Messages() {
+		md, err := m.Metadata()
+		if err != nil {
+			return 0, err
+		}
+		return md.Sequence.Stream, nil
+	}
+	return 0, nil
+}
+
+func (c *ctl) dlqQueue(ctx context.Context) (*deadletter.Queue, error) {
+	return deadletter.Open(ctx, c.js)
+}
