@@ -1,6 +1,6 @@
 # jetsync: `make up` runs the pipeline locally (no Docker), `make test` runs every test.
 SHELL := /bin/bash
-MODULES := ./pkg/... ./services/bridge/... ./services/sink-cache/... ./tests/deploy/... ./tests/e2e/...
+MODULES := ./cmd/jetsyncctl/... ./pkg/... ./services/bridge/... ./services/sink-cache/... ./tests/deploy/... ./tests/e2e/...
 GO_TEST_FLAGS ?= -count=1 -timeout 25m
 
 .PHONY: up test deps build vet smoke clean
@@ -22,7 +22,7 @@ deps:
 
 build:
 	@mkdir -p bin
-	go build -o bin/ ./services/bridge ./services/sink-cache
+	go build -o bin/ ./services/bridge ./services/sink-cache ./cmd/jetsyncctl
 
 vet:
 	go vet $(MODULES)

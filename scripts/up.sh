@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh
 mkdir -p bin data/redis data/nats
 echo "building ..."
-go build -o bin/ ./services/bridge ./services/sink-cache
+go build -o bin/ ./services/bridge ./services/sink-cache ./cmd/jetsyncctl
 for d in services/sink-*/; do [ -f "$d/main.go" ] && go build -o bin/ "./$d"; done
 
 REDIS_PORT=${REDIS_PORT:-6379}
