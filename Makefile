@@ -3,7 +3,7 @@ SHELL := /bin/bash
 MODULES := ./cmd/jetsyncctl/... ./pkg/... ./services/bridge/... ./services/sink-cache/... ./tests/deploy/... ./tests/e2e/...
 GO_TEST_FLAGS ?= -count=1 -timeout 25m
 
-.PHONY: up test deps build vet smoke clean
+.PHONY: up test deps build vet smoke drills bench fuzz clean
 
 ## up: build and run NATS (embedded in the bridge), Redis, the bridge and sink-cache; Ctrl-C stops all
 up:
@@ -12,6 +12,10 @@ up:
 ## test: install what the tests need (redis-server), vet, then run every module's tests
 test: deps vet
 	go test $(GO_TEST_FLAGS) $(MODULES)
+
+## drills: the fault drills (SIGKILLs, outages, NATS restarts, duplicates) at 10x the size `make test` runs them
+drills: deps
+	JETSYNC_DRILL_SCALE=10 go test -count=1 -timeout 60m -v -run 'Drill|Killed|Outage' ./tests/e2e/... | grep -E '^(---|ok|FAIL)|drill|SIGKILL'
 
 ## smoke: start `make up` in the background, append with curl, read the key from Redis, stop
 smoke:

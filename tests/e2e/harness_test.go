@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -167,6 +168,7 @@ type stack struct {
 	sink       *proc
 	sinkConfig string
 	sinkAdmin  string // http://127.0.0.1:PORT of the sink's admin server
+	retries    atomic.Int64 // appends a client had to send again
 }
 
 const sinkName = "cache"

@@ -63,6 +63,21 @@ func (w *workload) total() int {
 	return n
 }
 
+// postRetrying is a careful client: on 503 or a lost connection it sends
+// the same request again (same event ids), for up to a minute. A retry of
+// an append that was in fact stored is answered as a duplicate.
+func (s *stack) postRetrying(path string, body []byte) (int, []byte) {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		code, resp := s.post(path, body)
+		if (code != 503 && code != 0) || time.Now().After(deadline) {
+			return code, resp
+		}
+		s.retries.Add(1)
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // appendAll posts every event through the bridge, perRequest events per
 // request, with `workers` clients; each stream's requests go in order.
 func (w *workload) appendAll(s *stack, perRequest, workers int) error {
@@ -87,7 +102,7 @@ func (w *workload) appendAll(s *stack, perRequest, workers int) error {
 						continue
 					}
 					body, _ := json.Marshal(evs[lo:hi])
-					code, resp := s.post("/streams/order/"+sid+"/events?expectedVersion="+strconv.Itoa(lo), body)
+					code, resp := s.postRetrying("/streams/order/"+sid+"/events?expectedVersion="+strconv.Itoa(lo), body)
 					if code != 200 && code != 201 {
 						errs <- fmt.Errorf("append to %s: %d %s", sid, code, resp)
 						return
@@ -228,11 +243,11 @@ func TestSinkKilledRepeatedly(t *testing.T) {
 	s.sinkConfig = writeFile(t, "sink-small-batches.yaml",
 		strings.Replace(sinkYAML(s.nats.URL(), s.redis.Addr(), testenv.FreePort(t)), "max_events: 500", "max_events: 20", 1))
 	s.startSink()
-	w := newWorkload(100, 100)
+	w := newWorkload(100*drillScale(), 100)
 	appendDone := make(chan error, 1)
 	go func() { appendDone <- w.appendAll(s, 10, 4) }()
 	kills := 0
-	for kills < 8 {
+	for kills < 12*drillScale() {
 		time.Sleep(time.Duration(100+rand.IntN(300)) * time.Millisecond)
 		before := s.checkpoint()
 		s.sink.kill()
@@ -259,8 +274,19 @@ func TestRedisOutage(t *testing.T) {
 	go func() { appendDone <- w.appendAll(s, 5, 4) }()
 	testenv.Eventually(t, 30*time.Second, func() bool { return s.checkpoint() > 500 }, "sink never started applying")
 	s.redis.Stop()
-	time.Sleep(time.Second) // the outage itself
+	// The outage lasts while the appender adds events the sink cannot
+	// write: it must stop pulling, not buffer them.
+	peak := 0
+	for range 20 {
+		time.Sleep(100 * time.Millisecond)
+		peak = max(peak, rssKB(s.sink.cmd.Process.Pid))
+	}
 	s.redis.Start()
+	// batch.max_bytes is 1MiB: a bounded sink stays far below 100 MiB.
+	if peak == 0 || peak > 100*1024 {
+		t.Errorf("sink RSS peaked at %d KiB during the outage", peak)
+	}
+	t.Logf("drill Redis outage: 2s down, sink RSS peak %d KiB during it", peak)
 	if err := <-appendDone; err != nil {
 		t.Fatal(err)
 	}
