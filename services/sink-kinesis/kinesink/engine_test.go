@@ -161,6 +161,7 @@ func (r *running) stop(t *testing.T) error {
 func TestEngineUnderFaults(t *testing.T) {
 	tg := newTarget(t)
 	h := newHarness(t, tg.proxy.URL)
+	h.cfg.Kinesis.MaxRecordsPerCall = 50 // many calls, so many faults
 	rng := rand.New(rand.NewPCG(7, 11))
 	tg.proxy.SetFault(func(c *kinesistest.Call) kinesistest.Fault {
 		if c.Stream != h.cfg.Kinesis.StreamName || rng.IntN(4) != 0 {
@@ -225,6 +226,10 @@ func TestEngineUnderFaults(t *testing.T) {
 const oversizeProjection = `{streamId, category, type, version, data, copy: .data}`
 
 func (h *harness) publishWithOversize(t *testing.T) envelope.Event {
+	// The consumer pulls at most batch.max_bytes at once: a message larger
+	// than that is never delivered (the sink stalls on it), so the limit
+	// must be at least NATS's max payload, as the 1MiB default is.
+	h.cfg.Batch.MaxBytes = 1 << 20
 	h.publishN(50, 5)
 	big := h.event("big", `{"blob":"`+strings.Repeat("z", 600<<10)+`"}`)
 	h.publish(big)
