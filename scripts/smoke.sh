@@ -8,8 +8,9 @@ export REDIS_PORT=${REDIS_PORT:-16379}
 scripts/up.sh >"$log" 2>&1 &
 up=$!
 trap 'kill -TERM $up 2>/dev/null; wait $up 2>/dev/null || true; rm -f "$log"' EXIT
-for _ in $(seq 1 300); do
+for _ in $(seq 1 900); do   # up to 3 minutes: a first run downloads Elasticsearch's jars
   curl -sf http://127.0.0.1:8080/readyz >/dev/null 2>&1 && grep -q "jetsync is up" "$log" && break
+  kill -0 $up 2>/dev/null || { echo "make up exited early:" >&2; cat "$log" >&2; echo "smoke: 0 passed, 1 failed"; exit 1; }
   sleep 0.2
 done
 id=$(cat /proc/sys/kernel/random/uuid)
