@@ -1,7 +1,9 @@
 // Command sink-kinesis feeds an AWS Kinesis data stream from the jetsync
 // event stream: one record per event, partitioned by stream id, in order
-// per partition key, at least once. Exit codes: 0 after a clean stop, 2 for
-// a bad configuration, 1 for anything else.
+// per partition key, at least once (a duplicate carries the same position).
+// Its checkpoint lives in the NATS KV bucket (checkpoint.bucket), saved
+// after each batch is wholly in Kinesis. Exit codes: 0 after a clean stop,
+// 2 for a bad configuration, 1 for anything else.
 package main
 
 import (
@@ -13,22 +15,17 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/jetsync/jetsync/pkg/checkpoint"
 	"github.com/jetsync/jetsync/pkg/config"
-	"github.com/jetsync/jetsync/pkg/natsutil"
-	"github.com/jetsync/jetsync/pkg/sink"
+	"github.com/jetsync/jetsync/pkg/sinkd"
 	"github.com/jetsync/jetsync/services/sink-kinesis/kinesink"
 )
 
 func main() { os.Exit(run()) }
 
 func run() int {
-	path := flag.String("config", "", "YAML config file; JETSYNC_* environment variables override it (e.g. JETSYNC_KINESIS_STREAM_NAME); AWS credentials come from the SDK's standard chain (AWS_ACCESS_KEY_ID, AWS_PROFILE, roles)")
+	path := flag.String("config", "", "YAML config file; JETSYNC_* environment variables override it (e.g. JETSYNC_KINESIS_STREAM_NAME); "+
+		"AWS credentials come from the SDK's standard chain (AWS_ACCESS_KEY_ID, AWS_PROFILE, an IAM role)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 
@@ -46,50 +43,18 @@ func run() int {
 		return 2
 	}
 
-	nc, err := natsutil.Connect(cfg.NATS.URL, "jetsync-sink-"+cfg.Name, log)
-	if err != nil {
-		log.Error("cannot start", "err", err)
-		return 1
-	}
-	defer drain(nc)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		log.Error("cannot start", "err", err)
-		return 1
-	}
-
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	// Kinesis cannot hold the checkpoint with the records: it lives in
-	// the NATS KV bucket, saved after each batch is wholly in.
-	store, err := checkpoint.NewKV(ctx, js, cfg.Checkpoint.Bucket)
+	// sinkd opens the checkpoint store in NATS KV (the writer keeps none in
+	// Kinesis) and runs the engine with the admin endpoints around it.
+	svc, err := sinkd.New(ctx, cfg.Config, w, log)
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
-	eng, err := sink.New(cfg.Config, js, w, store, log)
-	if err != nil {
-		log.Error("cannot start", "err", err)
-		return 1
-	}
-	if err := eng.Run(ctx); err != nil {
+	if err := svc.Run(ctx); err != nil {
 		log.Error("sink failed", "err", err)
 		return 1
 	}
 	return 0
-}
-
-// drain closes the NATS connection gracefully, waiting at most 5s.
-func drain(nc *nats.Conn) {
-	closed := make(chan struct{})
-	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
-	if err := nc.Drain(); err != nil {
-		nc.Close()
-		return
-	}
-	select {
-	case <-closed:
-	case <-time.After(5 * time.Second):
-		nc.Close()
-	}
 }

@@ -34,10 +34,22 @@ var acceptedEnv = map[string][]string{
 		"JETSYNC_NAME", "JETSYNC_NATS_URL", "JETSYNC_STREAM", "JETSYNC_FILTERS",
 		"JETSYNC_BATCH_MAX_EVENTS", "JETSYNC_BATCH_MAX_BYTES", "JETSYNC_BATCH_MAX_INTERVAL",
 		"JETSYNC_RETRY_INITIAL", "JETSYNC_RETRY_MAX", "JETSYNC_ON_ERROR",
-		"JETSYNC_SHUTDOWN_TIMEOUT", "JETSYNC_CHECKPOINT_BUCKET",
+		"JETSYNC_SHUTDOWN_TIMEOUT", "JETSYNC_CHECKPOINT_BUCKET", "JETSYNC_HTTP_LISTEN",
 		// services/sink-cache/cache.Config.
 		"JETSYNC_REDIS_ADDR", "JETSYNC_REDIS_USERNAME", "JETSYNC_REDIS_PASSWORD",
 		"JETSYNC_REDIS_DB", "JETSYNC_REDIS_CHECKPOINT_KEY", "JETSYNC_UNKNOWN_TYPES",
+	},
+	"sink-kinesis": {
+		// pkg/sink.Config, inlined at the top of every sink's file.
+		"JETSYNC_NAME", "JETSYNC_NATS_URL", "JETSYNC_STREAM", "JETSYNC_FILTERS",
+		"JETSYNC_BATCH_MAX_EVENTS", "JETSYNC_BATCH_MAX_BYTES", "JETSYNC_BATCH_MAX_INTERVAL",
+		"JETSYNC_BATCH_FLUSH_WHEN_IDLE", "JETSYNC_RETRY_INITIAL", "JETSYNC_RETRY_MAX", "JETSYNC_ON_ERROR",
+		"JETSYNC_SHUTDOWN_TIMEOUT", "JETSYNC_CHECKPOINT_BUCKET", "JETSYNC_HTTP_LISTEN",
+		// services/sink-kinesis/kinesink.KinesisConfig.
+		"JETSYNC_KINESIS_STREAM_NAME", "JETSYNC_KINESIS_REGION", "JETSYNC_KINESIS_ENDPOINT",
+		"JETSYNC_KINESIS_PARTITION_KEY", "JETSYNC_KINESIS_PROJECT", "JETSYNC_KINESIS_CREATE_STREAM_IF_MISSING",
+		"JETSYNC_KINESIS_SHARD_COUNT", "JETSYNC_KINESIS_MAX_RECORDS_PER_CALL", "JETSYNC_KINESIS_MAX_BYTES_PER_CALL",
+		"JETSYNC_KINESIS_REQUEST_TIMEOUT",
 	},
 }
 
@@ -182,8 +194,9 @@ func TestComposeEnvironment(t *testing.T) {
 		}
 	}
 	want := map[string]map[string]string{
-		"bridge":     {"JETSYNC_NATS_URL": "nats://nats:4222", "JETSYNC_HTTP_LISTEN": "0.0.0.0:8080"},
-		"sink-cache": {"JETSYNC_NATS_URL": "nats://nats:4222", "JETSYNC_REDIS_ADDR": "redis:6379"},
+		"bridge":       {"JETSYNC_NATS_URL": "nats://nats:4222", "JETSYNC_HTTP_LISTEN": "0.0.0.0:8080"},
+		"sink-cache":   {"JETSYNC_NATS_URL": "nats://nats:4222", "JETSYNC_REDIS_ADDR": "redis:6379"},
+		"sink-kinesis": {"JETSYNC_NATS_URL": "nats://nats:4222", "JETSYNC_KINESIS_ENDPOINT": "http://kinesis:4567"},
 	}
 	for name, vars := range want {
 		env := service(t, p, name).Environment
@@ -217,6 +230,11 @@ func TestComposeDependsOn(t *testing.T) {
 			"nats":   types.ServiceConditionHealthy,
 			"redis":  types.ServiceConditionHealthy,
 			"bridge": types.ServiceConditionStarted, // it provisions the stream
+		},
+		"sink-kinesis": {
+			"nats":    types.ServiceConditionHealthy,
+			"kinesis": types.ServiceConditionHealthy,
+			"bridge":  types.ServiceConditionStarted,
 		},
 	}
 	for name, deps := range want {

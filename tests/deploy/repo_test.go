@@ -13,8 +13,9 @@ import (
 // jetsyncServices are the compose services built from this repository, with
 // the port their image exposes.
 var jetsyncServices = map[string]string{
-	"bridge":     "8080",
-	"sink-cache": "9090",
+	"bridge":       "8080",
+	"sink-cache":   "9090",
+	"sink-kinesis": "9092",
 }
 
 // subcommand is what a service's binary is run with before its flags.

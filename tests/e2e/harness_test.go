@@ -167,7 +167,7 @@ type stack struct {
 	bridge     *proc
 	sink       *proc
 	sinkConfig string
-	sinkAdmin  string // http://127.0.0.1:PORT of the sink's admin server
+	sinkAdmin  string       // http://127.0.0.1:PORT of the sink's admin server
 	retries    atomic.Int64 // appends a client had to send again
 }
 

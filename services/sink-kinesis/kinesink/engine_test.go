@@ -204,13 +204,13 @@ func TestEngineUnderFaults(t *testing.T) {
 	}
 
 	count := checkAllInOrder(t, h.events, readBack(t, tg.kc, h.cfg.Kinesis.StreamName))
-	faulted := tg.proxy.Faulted()
+	retried := tg.proxy.Retried()
 	dups := 0
 	for pos, n := range count {
 		if n > 1 {
 			dups++
-			if !faulted[pos] {
-				t.Errorf("position %d read back %d times but no faulted call carried it", pos, n)
+			if !retried[pos] {
+				t.Errorf("position %d read back %d times but no retried call carried it", pos, n)
 			}
 		}
 	}

@@ -72,6 +72,7 @@ type Proxy struct {
 	mu    sync.Mutex
 	fault func(*Call) Fault
 	calls []Call
+	down  bool
 }
 
 // NewProxy starts a proxy to upstream (e.g. testenv.Kinesalite(t).URL) on
@@ -97,6 +98,15 @@ func (p *Proxy) SetFault(f func(*Call) Fault) {
 	p.fault = f
 }
 
+// SetDown makes the proxy close every connection at once without
+// forwarding (down) or work again: an outage of the endpoint as the client
+// sees it, also in front of a server the test cannot stop.
+func (p *Proxy) SetDown(down bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = down
+}
+
 // Calls returns a copy of the PutRecords calls so far.
 func (p *Proxy) Calls() []Call {
 	p.mu.Lock()
@@ -104,12 +114,14 @@ func (p *Proxy) Calls() []Call {
 	return append([]Call(nil), p.calls...)
 }
 
-// Faulted returns the positions of every record of a call that was given a
-// fault: where retries happened, so where duplicates may be.
-func (p *Proxy) Faulted() map[uint64]bool {
+// Retried returns the positions of every record of a call whose client
+// did not get a clean answer: a call given a fault, or one the server
+// failed or did not answer (it was down). Only these can have been sent
+// twice by a writer that re-sends what it does not know to be in.
+func (p *Proxy) Retried() map[uint64]bool {
 	out := map[uint64]bool{}
 	for _, c := range p.Calls() {
-		if c.Fault.Faulty() {
+		if c.Fault.Faulty() || c.Status != http.StatusOK {
 			for _, pos := range c.Positions {
 				out[pos] = true
 			}
@@ -127,6 +139,13 @@ type putRecordsRequest struct {
 }
 
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p.mu.Lock()
+	down := p.down
+	p.mu.Unlock()
+	if down {
+		closeConn(w)
+		return
+	}
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadGateway)
@@ -187,13 +206,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	if fault.DropReply {
 		p.finish(call, 0)
-		if hj, ok := w.(http.Hijacker); ok {
-			if conn, _, err := hj.Hijack(); err == nil {
-				conn.Close()
-				return
-			}
-		}
-		panic(http.ErrAbortHandler) // closes the connection too
+		closeConn(w)
+		return
 	}
 	if len(rejected) > 0 && resp.StatusCode == http.StatusOK {
 		respBody = spliceRejected(respBody, rejected)
@@ -209,6 +223,17 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.finish(call, resp.StatusCode)
 	w.WriteHeader(resp.StatusCode)
 	_, _ = w.Write(respBody)
+}
+
+// closeConn closes the client's connection without an answer.
+func closeConn(w http.ResponseWriter) {
+	if hj, ok := w.(http.Hijacker); ok {
+		if conn, _, err := hj.Hijack(); err == nil {
+			conn.Close()
+			return
+		}
+	}
+	panic(http.ErrAbortHandler) // closes the connection too
 }
 
 // newCall records a PutRecords call and decides its fault.
