@@ -55,7 +55,7 @@ done
 
 cat <<MSG
 
-jetsync is up: bridge http://127.0.0.1:8080 (embedded NATS on 127.0.0.1:4222), Redis 127.0.0.1:${REDIS_PORT}, sink-cache.
+jetsync is up: bridge http://127.0.0.1:8080 (embedded NATS on 127.0.0.1:4222), Redis 127.0.0.1:${REDIS_PORT} fed by sink-cache (admin http://127.0.0.1:9090), and the read models listed above. bin/jetsyncctl status shows them all.
 Try:
   curl -s -X POST http://127.0.0.1:8080/streams/order/order-42/events \\
        -H 'Content-Type: application/json' \\

@@ -18,8 +18,9 @@ import (
 
 // pendingEvents bounds the events decoded but not yet batched, between the
 // consumer and the batch loop. Memory of a sink is bounded by about
-// 3 × batch.max_bytes: the batch being written, the batch filling up, and
-// what the consumer has pulled ahead.
+// 2 × batch.max_bytes (the batch being written, the batch filling up) plus
+// what the consumer pulls ahead: max(batch.max_bytes, NATS max payload +
+// 64KiB), plus these events.
 const pendingEvents = 256
 
 // Observer receives what the engine measures (pkg/metrics implements it
@@ -345,7 +346,11 @@ func (e *Engine) consume(ctx context.Context, pos uint64) (jetstream.MessagesCon
 	if err != nil {
 		return nil, fmt.Errorf("ordered consumer on stream %s: %w", e.cfg.Stream, err)
 	}
-	return cons.Messages(jetstream.PullMaxMessagesWithBytesLimit(e.cfg.Batch.MaxEvents, int(e.cfg.Batch.MaxBytes)))
+	// A pull whose byte limit is below a message's size never delivers that
+	// message: the sink would stall on it without an error. Pull at least a
+	// whole max-size message (payload, subject and headers) at a time.
+	pullBytes := max(int(e.cfg.Batch.MaxBytes), int(e.js.Conn().MaxPayload())+64<<10)
+	return cons.Messages(jetstream.PullMaxMessagesWithBytesLimit(e.cfg.Batch.MaxEvents, pullBytes))
 }
 
 // read decodes messages until the iterator is stopped. Sending blocks when
