@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jetsync/jetsync/pkg/config"
+	"github.com/jetsync/jetsync/pkg/mapping"
 	"github.com/jetsync/jetsync/pkg/sink"
 )
 
@@ -93,7 +94,7 @@ func (c *Config) Validate() error {
 	}
 	if c.Redis.CheckpointKey == "" {
 		p.Addf("redis.checkpoint_key", "is required, e.g. %s", DefaultCheckpointKey)
-	} else if _, err := CompileTemplate(c.Redis.CheckpointKey, c.Name, false); err != nil {
+	} else if _, err := mapping.CompileTemplate(c.Redis.CheckpointKey, c.Name, false); err != nil {
 		p.Addf("redis.checkpoint_key", "%v", err)
 	}
 	if c.UnknownTypes != UnknownIgnore && c.UnknownTypes != UnknownError {
@@ -141,8 +142,8 @@ func compileAction(sinkName, key string, a Action, p *config.Problems) action {
 	}
 	act.op = a.Op
 
-	tmpl := func(sub, s string) *Template {
-		t, err := CompileTemplate(s, sinkName, true)
+	tmpl := func(sub, s string) *mapping.Template {
+		t, err := mapping.CompileTemplate(s, sinkName, true)
 		if err != nil {
 			p.Addf(key+"."+sub, "%v", err)
 		}
@@ -167,7 +168,7 @@ func compileAction(sinkName, key string, a Action, p *config.Problems) action {
 	if a.Project != "" {
 		if a.Op == OpDel || a.Op == OpIncr {
 			p.Addf(key+".project", "is not allowed with op %s: it writes no data", a.Op)
-		} else if code, err := compileProjection(a.Project); err != nil {
+		} else if code, err := mapping.CompileProjection(a.Project); err != nil {
 			p.Addf(key+".project", "%v", err)
 		} else {
 			act.project = code

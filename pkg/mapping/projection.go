@@ -1,0 +1,129 @@
+package mapping
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/itchyny/gojq"
+
+	"github.com/jetsync/jetsync/pkg/envelope"
+)
+
+// ErrProjection is wrapped by the per-event failures of a projection that
+// compiled but fails on this event (a runtime error, no value, several
+// values, data that is not JSON). Sinks hand such events to on_error.
+var ErrProjection = errors.New("projection failed")
+
+// Projection is a compiled jq expression run on the envelope object
+// {id, streamId, category, type, version, time, position, data, metadata}.
+type Projection struct {
+	expr string
+	code *gojq.Code
+}
+
+// CompileProjection parses and compiles expr. The environment is hidden
+// from it: $ENV and env would otherwise expose the process's secrets.
+func CompileProjection(expr string) (*Projection, error) {
+	q, err := gojq.Parse(expr)
+	if err != nil {
+		return nil, fmt.Errorf("%q is not a jq expression: %v", expr, err)
+	}
+	code, err := gojq.Compile(q, gojq.WithEnvironLoader(func() []string { return nil }))
+	if err != nil {
+		return nil, fmt.Errorf("%q does not compile: %v", expr, err)
+	}
+	return &Projection{expr: expr, code: code}, nil
+}
+
+// String is the expression as written.
+func (p *Projection) String() string { return p.expr }
+
+// Run projects ev and wants exactly one value back. obj, when not nil, is
+// ev's envelope object already built (several projections of one event
+// share it); see EnvelopeObject.
+func (p *Projection) Run(ctx context.Context, ev *envelope.Event, obj map[string]any) (any, error) {
+	if obj == nil {
+		var err error
+		if obj, err = EnvelopeObject(ev); err != nil {
+			return nil, err
+		}
+	}
+	return p.RunValue(ctx, obj)
+}
+
+// RunValue runs the expression on any value.
+func (p *Projection) RunValue(ctx context.Context, v any) (any, error) {
+	iter := p.code.RunWithContext(ctx, v)
+	out, ok := iter.Next()
+	if !ok {
+		return nil, fmt.Errorf("%w: it produced no value (use empty-safe expressions, e.g. .data // {})", ErrProjection)
+	}
+	if err, isErr := out.(error); isErr {
+		return nil, fmt.Errorf("%w: %v", ErrProjection, err)
+	}
+	if next, more := iter.Next(); more {
+		if err, isErr := next.(error); isErr {
+			return nil, fmt.Errorf("%w: %v", ErrProjection, err)
+		}
+		return nil, fmt.Errorf("%w: it produced more than one value; collect them into an array with [ ... ]", ErrProjection)
+	}
+	return out, nil
+}
+
+// Marshal writes a projection's output as JSON.
+func Marshal(v any) ([]byte, error) {
+	b, err := gojq.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("%w: output cannot be written as JSON: %v", ErrProjection, err)
+	}
+	return b, nil
+}
+
+// EnvelopeObject is the value a projection sees.
+func EnvelopeObject(ev *envelope.Event) (map[string]any, error) {
+	data, err := DecodeJSON(ev.Data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: the data is not valid JSON: %v", ErrProjection, err)
+	}
+	var meta any
+	if len(ev.Metadata) > 0 {
+		if meta, err = DecodeJSON(ev.Metadata); err != nil {
+			return nil, fmt.Errorf("%w: the metadata is not valid JSON: %v", ErrProjection, err)
+		}
+	}
+	var ts any
+	if !ev.Time.IsZero() {
+		ts = ev.Time.UTC().Format(time.RFC3339Nano)
+	}
+	return map[string]any{
+		"id":       ev.ID,
+		"streamId": ev.StreamID,
+		"category": ev.Category,
+		"type":     ev.Type,
+		"version":  int(ev.Version),
+		"time":     ts,
+		"position": int(ev.Position),
+		"data":     data,
+		"metadata": meta,
+	}, nil
+}
+
+// DecodeJSON decodes one JSON value keeping numbers exact (gojq reads
+// json.Number).
+func DecodeJSON(b []byte) (any, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, err
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, errors.New("trailing data after the JSON value")
+	}
+	return v, nil
+}
