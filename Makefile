@@ -1,6 +1,6 @@
 # jetsync: `make up` runs the pipeline locally (no Docker), `make test` runs every test.
 SHELL := /bin/bash
-MODULES := ./cmd/jetsyncctl/... ./pkg/... ./services/bridge/... ./services/sink-cache/... ./services/sink-kinesis/... ./tests/deploy/... ./tests/e2e/...
+MODULES := ./cmd/jetsyncctl/... ./pkg/... ./services/bridge/... ./services/sink-cache/... ./services/sink-es/... ./services/sink-kinesis/... ./tests/deploy/... ./tests/e2e/...
 GO_TEST_FLAGS ?= -count=1 -timeout 25m
 
 .PHONY: up test deps build vet smoke drills bench fuzz clean
@@ -26,7 +26,7 @@ deps:
 
 build:
 	@mkdir -p bin
-	go build -o bin/ ./services/bridge ./services/sink-cache ./cmd/jetsyncctl
+	go build -o bin/ ./services/bridge ./services/sink-cache ./services/sink-es ./services/sink-kinesis ./cmd/jetsyncctl
 
 vet:
 	go vet $(MODULES)

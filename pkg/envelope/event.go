@@ -128,9 +128,14 @@ func (e *Event) Validate(prefix string) error {
 	return nil
 }
 
+// isJSONObjectOrNull reports whether b is one JSON object or null: exactly
+// when decoding it into a map would succeed, without building the map.
 func isJSONObjectOrNull(b []byte) bool {
-	var m map[string]json.RawMessage
-	return json.Unmarshal(b, &m) == nil
+	i := 0
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\r' || b[i] == '\n') {
+		i++
+	}
+	return i < len(b) && (b[i] == '{' || b[i] == 'n') && json.Valid(b)
 }
 
 // ToMsg builds the JetStream message for the event. The data is not copied.

@@ -39,6 +39,18 @@ var acceptedEnv = map[string][]string{
 		"JETSYNC_REDIS_ADDR", "JETSYNC_REDIS_USERNAME", "JETSYNC_REDIS_PASSWORD",
 		"JETSYNC_REDIS_DB", "JETSYNC_REDIS_CHECKPOINT_KEY", "JETSYNC_UNKNOWN_TYPES",
 	},
+	"sink-es": {
+		// pkg/sink.Config, inlined at the top of every sink's file.
+		"JETSYNC_NAME", "JETSYNC_NATS_URL", "JETSYNC_STREAM", "JETSYNC_FILTERS",
+		"JETSYNC_BATCH_MAX_EVENTS", "JETSYNC_BATCH_MAX_BYTES", "JETSYNC_BATCH_MAX_INTERVAL",
+		"JETSYNC_BATCH_FLUSH_WHEN_IDLE", "JETSYNC_RETRY_INITIAL", "JETSYNC_RETRY_MAX", "JETSYNC_ON_ERROR",
+		"JETSYNC_SHUTDOWN_TIMEOUT", "JETSYNC_CHECKPOINT_BUCKET", "JETSYNC_HTTP_LISTEN",
+		// services/sink-es/search.Config.
+		"JETSYNC_ELASTICSEARCH_URLS", "JETSYNC_ELASTICSEARCH_USERNAME", "JETSYNC_ELASTICSEARCH_PASSWORD",
+		"JETSYNC_ELASTICSEARCH_API_KEY", "JETSYNC_ELASTICSEARCH_REQUEST_TIMEOUT", "JETSYNC_ELASTICSEARCH_MAX_REQUEST_BYTES",
+		"JETSYNC_ELASTICSEARCH_REFRESH", "JETSYNC_ELASTICSEARCH_POSITION_FIELD", "JETSYNC_UNKNOWN_TYPES",
+		"JETSYNC_REBUILD_KEEP_OLD",
+	},
 	"sink-kinesis": {
 		// pkg/sink.Config, inlined at the top of every sink's file.
 		"JETSYNC_NAME", "JETSYNC_NATS_URL", "JETSYNC_STREAM", "JETSYNC_FILTERS",
@@ -94,7 +106,7 @@ func TestComposeInterpolatesEnvironment(t *testing.T) {
 
 func TestComposeServices(t *testing.T) {
 	p := loadCompose(t)
-	for _, name := range []string{"nats", "redis", "bridge", "sink-cache"} {
+	for _, name := range []string{"nats", "redis", "bridge", "sink-cache", "elasticsearch", "sink-es"} {
 		if _, ok := p.Services[name]; !ok {
 			t.Errorf("service %q is missing; have %v", name, p.ServiceNames())
 		}
@@ -111,6 +123,18 @@ func TestComposeServices(t *testing.T) {
 		vols := service(t, p, name).Volumes
 		if len(vols) == 0 || vols[0].Type != types.VolumeTypeVolume || vols[0].Target != "/data" {
 			t.Errorf("%s must keep /data in a named volume, has %+v", name, vols)
+		}
+	}
+	es := service(t, p, "elasticsearch")
+	if !strings.HasPrefix(es.Image, "docker.elastic.co/elasticsearch/elasticsearch:8.14.") {
+		t.Errorf("elasticsearch: image %q, want docker.elastic.co/elasticsearch/elasticsearch:8.14.x", es.Image)
+	}
+	if vols := es.Volumes; len(vols) == 0 || vols[0].Type != types.VolumeTypeVolume || vols[0].Target != "/usr/share/elasticsearch/data" {
+		t.Errorf("elasticsearch must keep its data in a named volume, has %+v", vols)
+	}
+	for k, want := range map[string]string{"discovery.type": "single-node", "xpack.security.enabled": "false"} {
+		if v := es.Environment[k]; v == nil || *v != want {
+			t.Errorf("elasticsearch: %s = %v, want %q (one node, plain http for sink-es)", k, deref(v), want)
 		}
 	}
 }
@@ -197,6 +221,7 @@ func TestComposeEnvironment(t *testing.T) {
 		"bridge":       {"JETSYNC_NATS_URL": "nats://nats:4222", "JETSYNC_HTTP_LISTEN": "0.0.0.0:8080"},
 		"sink-cache":   {"JETSYNC_NATS_URL": "nats://nats:4222", "JETSYNC_REDIS_ADDR": "redis:6379"},
 		"sink-kinesis": {"JETSYNC_NATS_URL": "nats://nats:4222", "JETSYNC_KINESIS_ENDPOINT": "http://kinesis:4567"},
+		"sink-es":      {"JETSYNC_NATS_URL": "nats://nats:4222", "JETSYNC_ELASTICSEARCH_URLS": "http://elasticsearch:9200"},
 	}
 	for name, vars := range want {
 		env := service(t, p, name).Environment
@@ -235,6 +260,11 @@ func TestComposeDependsOn(t *testing.T) {
 			"nats":    types.ServiceConditionHealthy,
 			"kinesis": types.ServiceConditionHealthy,
 			"bridge":  types.ServiceConditionStarted,
+		},
+		"sink-es": {
+			"nats":          types.ServiceConditionHealthy,
+			"elasticsearch": types.ServiceConditionHealthy,
+			"bridge":        types.ServiceConditionStarted,
 		},
 	}
 	for name, deps := range want {

@@ -15,6 +15,7 @@ import (
 var jetsyncServices = map[string]string{
 	"bridge":       "8080",
 	"sink-cache":   "9090",
+	"sink-es":      "9091",
 	"sink-kinesis": "9092",
 }
 

@@ -76,6 +76,7 @@ type result struct {
 	redis   time.Duration // redis-server CPU during the run
 	driver  time.Duration // this process's CPU (driver + in-process NATS server)
 	batches float64       // average events per batch, when known
+	slow    int           // slow-consumer reports of the sink process
 	note    string
 }
 
@@ -139,8 +140,12 @@ func (b *bench) importNDJSON(n int) result {
 	if err != nil {
 		b.fatalf("%v", err)
 	}
-	<-p.done
+	var hwm int64 // the import exits by itself: sample its peak RSS while it runs
+	for tick := time.NewTicker(20 * time.Millisecond); !p.exited(); <-tick.C {
+		hwm = max(hwm, procStatus(p.cmd.Process.Pid, "VmHWM:"))
+	}
 	u := p.usage()
+	u.maxRSS = hwm
 	if p.cmd.ProcessState.ExitCode() != 0 {
 		b.fatalf("bridge import failed: %s", p.out.String())
 	}
@@ -258,7 +263,11 @@ func (b *bench) startSink(redisAddr string, bs batchSettings) (*proc, string) {
 	port := freePort()
 	cfg := filepath.Join(b.dir, fmt.Sprintf("sink-%d.yaml", port))
 	b.writeFile(cfg, b.sinkConfigYAML(redisAddr, bs, port))
-	p, err := startProc(filepath.Join(b.bin, "sink-cache"), "-config", cfg)
+	var env []string
+	if b.sinkEnv != "" {
+		env = strings.Fields(b.sinkEnv)
+	}
+	p, err := startProcEnv(b.sinkBin, env, "-config", cfg)
 	if err != nil {
 		b.fatalf("%v", err)
 	}
@@ -287,8 +296,9 @@ func (b *bench) sinkCatchUp(ctx context.Context, redisAddr string, n int, bs bat
 	res.batches = scrapeBatchSize(admin)
 	u, _ := p.stop()
 	res.cpu, res.rss, res.driver = u.cpu, u.maxRSS, selfCPU()-cpu0
+	res.slow = p.out.slowConsumers()
 	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
-		b.fatalf("sink-cache exited with %d: %s", code, p.out.String())
+		b.fatalf("sink-cache exited with %d (%s): %s", code, p.cmd.ProcessState, p.out.String())
 	}
 	return res
 }
@@ -450,6 +460,61 @@ func (b *bench) naive(ctx context.Context, addr string, n int) result {
 	return result{events: n, elapsed: time.Since(start), bytes: b.rd.dataBytes[n], driver: selfCPU() - cpu0, redis: b.redis.cpu() - r0}
 }
 
+// simpleBatched is the batched synchroniser without overlap: it reads a
+// batch of events, then writes it in one MULTI/EXEC with its checkpoint,
+// then reads the next: reading and writing never happen at once.
+func (b *bench) simpleBatched(ctx context.Context, addr string, n, batch int) result {
+	b.flush(ctx)
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	nc, err := nats.Connect(b.natsURL)
+	if err != nil {
+		b.fatalf("%v", err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	cpu0, r0 := selfCPU(), b.redis.cpu()
+	start := time.Now()
+	cons, err := js.OrderedConsumer(ctx, natsutil.DefaultStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{"events.order.>"}})
+	if err != nil {
+		b.fatalf("%v", err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessagesWithBytesLimit(b.maxEvents, int(b.maxBytes)))
+	if err != nil {
+		b.fatalf("%v", err)
+	}
+	defer it.Stop()
+	cmds := make([][]any, 0, 2*batch)
+	for done := 0; done < n; {
+		cmds = cmds[:0]
+		var last uint64
+		for k := 0; k < batch && done < n; k, done = k+1, done+1 {
+			m, err := it.Next()
+			if err != nil {
+				b.fatalf("simple batched: %v", err)
+			}
+			md, _ := m.Metadata()
+			ev, err := envelope.FromMsg(m.Subject(), m.Headers(), m.Data(), md.Sequence.Stream)
+			if err != nil {
+				b.fatalf("simple batched: %v", err)
+			}
+			cmds = append(cmds, b.wl.commands(int(ev.Position-1), &ev)...)
+			last = ev.Position
+		}
+		_, err := rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			for _, a := range cmds {
+				p.Do(ctx, a...)
+			}
+			p.Set(ctx, cpKey, last, 0)
+			return nil
+		})
+		if err != nil {
+			b.fatalf("simple batched: %v", err)
+		}
+	}
+	return result{events: n, elapsed: time.Since(start), bytes: b.rd.dataBytes[n], driver: selfCPU() - cpu0, redis: b.redis.cpu() - r0}
+}
+
 // --- live -----------------------------------------------------------------
 
 // latencies summarises append-to-visible delays.
@@ -460,6 +525,8 @@ type latencies struct {
 	p99, max    time.Duration
 	appendP50   time.Duration // the append call alone
 	appendP99   time.Duration
+	sinkP50     time.Duration // from the append's answer to visible: the sink's share
+	sinkP99     time.Duration
 	avgBatch    float64
 	description string
 }
@@ -486,17 +553,19 @@ func summarise(samples []liveSample, w *watcher, dur time.Duration) latencies {
 		pos[i] = s.pos
 	}
 	vis := w.visibleAt(pos)
-	var d, a []time.Duration
+	var d, a, k []time.Duration
 	for i, s := range samples {
 		a = append(a, s.acked.Sub(s.due))
 		if !vis[i].IsZero() {
 			d = append(d, max(vis[i].Sub(s.due), 0))
+			k = append(k, max(vis[i].Sub(s.acked), 0))
 		}
 	}
 	slices.Sort(d)
 	slices.Sort(a)
+	slices.Sort(k)
 	l := latencies{sent: len(samples), seen: len(d), achieved: float64(len(samples)) / dur.Seconds(),
-		p50: pct(d, .50), p90: pct(d, .90), p99: pct(d, .99), appendP50: pct(a, .5), appendP99: pct(a, .99)}
+		p50: pct(d, .50), p90: pct(d, .90), p99: pct(d, .99), appendP50: pct(a, .5), appendP99: pct(a, .99), sinkP50: pct(k, .5), sinkP99: pct(k, .99)}
 	if len(d) > 0 {
 		l.max = d[len(d)-1]
 	}

@@ -1,0 +1,161 @@
+// Command sink-es keeps Elasticsearch read models up to date from the jetsync
+// event stream, and rebuilds them without downtime:
+//
+//	sink-es -config sink-es.yaml           run the sink
+//	sink-es rebuild -config sink-es.yaml   rebuild its indices from position 0
+//	                                       behind their aliases, then swap
+//
+// Exit codes: 0 after a clean stop (or a finished rebuild), 2 for a bad
+// configuration or command line, 1 for anything else.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetsync/jetsync/pkg/checkpoint"
+	"github.com/jetsync/jetsync/pkg/config"
+	"github.com/jetsync/jetsync/pkg/deadletter"
+	"github.com/jetsync/jetsync/pkg/natsutil"
+	"github.com/jetsync/jetsync/pkg/sink"
+	"github.com/jetsync/jetsync/pkg/sinkd"
+	"github.com/jetsync/jetsync/services/sink-es/search"
+)
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+const usage = `usage: sink-es [run] -config FILE
+       sink-es rebuild -config FILE [-keep-old]
+(the command may also follow the flags: sink-es -config FILE rebuild, as in
+docker compose run sink-es rebuild)`
+
+func run(args []string) int {
+	cmd := ""
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	fs := flag.NewFlagSet("sink-es", flag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprintln(os.Stderr, usage); fs.PrintDefaults() }
+	path := fs.String("config", "", "YAML config file; JETSYNC_* environment variables override it (e.g. JETSYNC_ELASTICSEARCH_PASSWORD)")
+	keepOld := fs.Bool("keep-old", false, "rebuild: keep the old indices (read-only) instead of deleting them; overrides rebuild.keep_old")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if cmd == "" && fs.NArg() > 0 { // the image's ENTRYPOINT puts -config first
+		cmd = fs.Arg(0)
+		if err := fs.Parse(fs.Args()[1:]); err != nil {
+			return 2
+		}
+	}
+	if cmd == "" {
+		cmd = "run"
+	}
+	if (cmd != "run" && cmd != "rebuild") || fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "sink-es: unexpected %q\n%s\n", strings.Join(append([]string{cmd}, fs.Args()...), " "), usage)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+
+	cfg := search.DefaultConfig()
+	if err := config.Load(*path, "JETSYNC", &cfg); err != nil {
+		fmt.Fprintf(os.Stderr, "sink-es: %v\n", err)
+		if errors.Is(err, config.ErrInvalid) {
+			return 2
+		}
+		return 1
+	}
+	w, err := search.NewWriter(cfg, log)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sink-es: %v\n", err)
+		return 2
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if cmd == "rebuild" {
+		ro := search.RebuildOptions{}
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name == "keep-old" {
+				ro.KeepOld = keepOld
+			}
+		})
+		return rebuild(ctx, cfg, ro, log)
+	}
+
+	svc, err := sinkd.New(ctx, cfg.Config, w, log)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	if err := svc.Run(ctx); err != nil {
+		log.Error("sink failed", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// rebuild runs `sink-es rebuild`: a second engine under its own name fills
+// new indices from position 0, then the aliases move (search.Rebuild).
+func rebuild(ctx context.Context, cfg search.Config, ro search.RebuildOptions, log *slog.Logger) int {
+	nc, err := natsutil.Connect(cfg.NATS.URL, "jetsync-sink-"+cfg.Name+"-rebuild", log)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	defer drain(nc)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	store, err := checkpoint.NewKV(ctx, js, cfg.Checkpoint.Bucket)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	if cfg.OnError == sink.OnErrorDeadLetter {
+		q, err := deadletter.Open(ctx, js)
+		if err != nil {
+			log.Error("cannot start", "err", err)
+			return 1
+		}
+		ro.EngineOptions = append(ro.EngineOptions, sink.WithDeadLetters(q))
+	}
+	res, err := search.Rebuild(ctx, cfg, js, store, log, ro)
+	if err != nil {
+		log.Error("rebuild failed", "err", err)
+		return 1
+	}
+	for alias, idx := range res.New {
+		fmt.Printf("%s: %s -> %s\n", alias, res.Old[alias], idx)
+	}
+	fmt.Printf("rebuilt through position %d: %d events in %s; old indices refused writes for %s\n",
+		res.Through, res.Events, res.Took.Round(time.Millisecond), res.Blocked.Round(time.Millisecond))
+	return 0
+}
+
+// drain closes the NATS connection gracefully, waiting at most 5s.
+func drain(nc *nats.Conn) {
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	if err := nc.Drain(); err != nil {
+		nc.Close()
+		return
+	}
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		nc.Close()
+	}
+}
