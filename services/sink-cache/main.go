@@ -5,13 +5,10 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/redis/go-redis/v9"
 
@@ -30,30 +27,14 @@ func run() int {
 
 	cfg := cache.DefaultConfig()
 	if err := config.Load(*path, "JETSYNC", &cfg); err != nil {
-		fmt.Fprintf(os.Stderr, "sink-cache: %v\n", err)
-		if errors.Is(err, config.ErrInvalid) {
-			return 2
-		}
-		return 1
+		return sinkd.ConfigError("sink-cache", err)
 	}
 	w, err := cache.NewWriter(cfg, log)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "sink-cache: %v\n", err)
-		return 2
+		return sinkd.ConfigError("sink-cache", err)
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	svc, err := sinkd.New(ctx, cfg.Config, w, log)
-	if err != nil {
-		log.Error("cannot start", "err", err)
-		return 1
-	}
-	if err := svc.Run(ctx); err != nil {
-		log.Error("sink failed", "err", err)
-		return 1
-	}
-	return 0
+	return sinkd.Serve(cfg.Config, w, log)
 }
 
 // redisLog sends go-redis's own messages (pool dial failures and the like)

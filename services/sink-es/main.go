@@ -11,7 +11,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -69,21 +68,16 @@ func run(args []string) int {
 
 	cfg := search.DefaultConfig()
 	if err := config.Load(*path, "JETSYNC", &cfg); err != nil {
-		fmt.Fprintf(os.Stderr, "sink-es: %v\n", err)
-		if errors.Is(err, config.ErrInvalid) {
-			return 2
-		}
-		return 1
+		return sinkd.ConfigError("sink-es", err)
 	}
 	w, err := search.NewWriter(cfg, log)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "sink-es: %v\n", err)
-		return 2
+		return sinkd.ConfigError("sink-es", err)
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	if cmd == "rebuild" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
 		ro := search.RebuildOptions{}
 		fs.Visit(func(f *flag.Flag) {
 			if f.Name == "keep-old" {
@@ -92,21 +86,9 @@ func run(args []string) int {
 		})
 		return rebuild(ctx, cfg, ro, log)
 	}
-
-	svc, err := sinkd.New(ctx, cfg.Config, w, log)
-	if err != nil {
-		log.Error("cannot start", "err", err)
-		return 1
-	}
-	if err := svc.Run(ctx); err != nil {
-		log.Error("sink failed", "err", err)
-		return 1
-	}
-	return 0
+	return sinkd.Serve(cfg.Config, w, log)
 }
 
-// rebuild runs `sink-es rebuild`: a second engine under its own name fills
-// new indices from position 0, then the aliases move (search.Rebuild).
 func rebuild(ctx context.Context, cfg search.Config, ro search.RebuildOptions, log *slog.Logger) int {
 	nc, err := natsutil.Connect(cfg.NATS.URL, "jetsync-sink-"+cfg.Name+"-rebuild", log)
 	if err != nil {

@@ -7,14 +7,9 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"flag"
-	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/jetsync/jetsync/pkg/config"
 	"github.com/jetsync/jetsync/pkg/sinkd"
@@ -31,30 +26,12 @@ func run() int {
 
 	cfg := kinesink.DefaultConfig()
 	if err := config.Load(*path, "JETSYNC", &cfg); err != nil {
-		fmt.Fprintf(os.Stderr, "sink-kinesis: %v\n", err)
-		if errors.Is(err, config.ErrInvalid) {
-			return 2
-		}
-		return 1
+		return sinkd.ConfigError("sink-kinesis", err)
 	}
 	w, err := kinesink.NewWriter(cfg, log)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "sink-kinesis: %v\n", err)
-		return 2
+		return sinkd.ConfigError("sink-kinesis", err)
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	// sinkd opens the checkpoint store in NATS KV (the writer keeps none in
-	// Kinesis) and runs the engine with the admin endpoints around it.
-	svc, err := sinkd.New(ctx, cfg.Config, w, log)
-	if err != nil {
-		log.Error("cannot start", "err", err)
-		return 1
-	}
-	if err := svc.Run(ctx); err != nil {
-		log.Error("sink failed", "err", err)
-		return 1
-	}
-	return 0
+	return sinkd.Serve(cfg.Config, w, log)
 }

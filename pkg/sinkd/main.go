@@ -1,0 +1,49 @@
+package sinkd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/jetsync/jetsync/pkg/config"
+	"github.com/jetsync/jetsync/pkg/sink"
+)
+
+// Exit codes of every sink command.
+const (
+	ExitOK        = 0 // stopped cleanly
+	ExitFailed    = 1 // could not start, or stopped on an error
+	ExitBadConfig = 2 // the configuration is wrong: fix the file or variable named
+)
+
+// ConfigError prints a configuration (or writer construction) error for
+// command and returns the exit code for it.
+func ConfigError(command string, err error) int {
+	fmt.Fprintf(os.Stderr, "%s: %v\n", command, err)
+	if errors.Is(err, config.ErrInvalid) || !errors.Is(err, sink.ErrPermanent) {
+		return ExitBadConfig
+	}
+	return ExitFailed
+}
+
+// Serve runs the sink as a service until SIGINT or SIGTERM and returns the
+// command's exit code: the whole of a sink's main after its config is
+// loaded and its writer built.
+func Serve(cfg sink.Config, w sink.Writer, log *slog.Logger) int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	svc, err := New(ctx, cfg, w, log)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return ExitFailed
+	}
+	if err := svc.Run(ctx); err != nil {
+		log.Error("sink failed", "err", err)
+		return ExitFailed
+	}
+	return ExitOK
+}
