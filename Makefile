@@ -17,6 +17,10 @@ test: deps vet
 drills: deps
 	JETSYNC_DRILL_SCALE=10 go test -count=1 -timeout 60m -v -run 'Drill|Killed|Outage' ./tests/e2e/... | grep -E '^(---|ok|FAIL)|drill|SIGKILL'
 
+## fuzz: run every fuzz target (FUZZTIME=10s each); CI runs them for 3s
+fuzz:
+	@scripts/fuzz.sh
+
 ## smoke: start `make up` in the background, append with curl, read the key from Redis, stop
 smoke:
 	@scripts/smoke.sh

@@ -53,7 +53,8 @@ func Decode(raw []byte, cfg any) error {
 		return nil
 	}
 	var p Problems
-	checkKeys(root.Content[0], reflect.TypeOf(cfg), "", &p)
+	budget := maxNodes
+	checkKeys(root.Content[0], reflect.TypeOf(cfg), "", &p, &budget)
 	if err := p.Err(); err != nil {
 		return err
 	}
@@ -65,9 +66,19 @@ func Decode(raw []byte, cfg any) error {
 	return nil
 }
 
+// maxNodes bounds how many YAML values checkKeys visits: aliases can make a
+// small file expand exponentially.
+const maxNodes = 1_000_000
+
 // checkKeys walks the YAML tree next to the Go type and reports every mapping
 // key the type does not have, with its dotted path, line and the valid keys.
-func checkKeys(n *yaml.Node, t reflect.Type, path string, p *Problems) {
+func checkKeys(n *yaml.Node, t reflect.Type, path string, p *Problems, budget *int) {
+	if *budget--; *budget == 0 {
+		p.Addf(path, "the document expands to more than %d values (aliases of aliases?); write it out plainly", maxNodes)
+	}
+	if *budget <= 0 {
+		return
+	}
 	if n.Kind == yaml.AliasNode && n.Alias != nil {
 		n = n.Alias
 	}
@@ -97,7 +108,7 @@ func checkKeys(n *yaml.Node, t reflect.Type, path string, p *Problems) {
 				p.Addf(join(path, k.Value), "unknown key (line %d); valid keys here: %s", k.Line, strings.Join(sortedKeys(fields), ", "))
 				continue
 			}
-			checkKeys(v, f.Type, join(path, k.Value), p)
+			checkKeys(v, f.Type, join(path, k.Value), p, budget)
 		}
 	case reflect.Map:
 		if n.Kind != yaml.MappingNode {
@@ -105,7 +116,7 @@ func checkKeys(n *yaml.Node, t reflect.Type, path string, p *Problems) {
 			return
 		}
 		for i := 0; i+1 < len(n.Content); i += 2 {
-			checkKeys(n.Content[i+1], t.Elem(), join(path, n.Content[i].Value), p)
+			checkKeys(n.Content[i+1], t.Elem(), join(path, n.Content[i].Value), p, budget)
 		}
 	case reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
@@ -113,7 +124,7 @@ func checkKeys(n *yaml.Node, t reflect.Type, path string, p *Problems) {
 			return
 		}
 		for i, c := range n.Content {
-			checkKeys(c, t.Elem(), fmt.Sprintf("%s[%d]", path, i), p)
+			checkKeys(c, t.Elem(), fmt.Sprintf("%s[%d]", path, i), p, budget)
 		}
 	}
 }
