@@ -17,6 +17,11 @@ test: deps vet
 drills: deps
 	JETSYNC_DRILL_SCALE=10 go test -count=1 -timeout 60m -v -run 'Drill|Killed|Outage' ./tests/e2e/... | grep -E '^(---|ok|FAIL)|drill|SIGKILL'
 
+## bench: catch-up, ceilings, naive vs batched, sweep, live latency, bridge ingest (~9 min at 1M events); see BENCHMARKS.md
+bench: deps
+	@mkdir -p .tmp
+	go run ./bench/cmd/jetbench -n $${BENCH_N:-1000000} -o .tmp/bench.md
+
 ## fuzz: run every fuzz target (FUZZTIME=10s each); CI runs them for 3s
 fuzz:
 	@scripts/fuzz.sh

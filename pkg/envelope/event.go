@@ -105,6 +105,11 @@ func (e *Event) ValidateNew(prefix string) error {
 	if strings.ContainsAny(e.Type, "\r\n") || len(e.Type) > MaxTokenLen {
 		return fieldErr(prefix+"type", "must be one line of at most 256 bytes")
 	}
+	if strings.TrimSpace(e.Type) != e.Type {
+		// NATS trims header values: " OrderPlaced" would be stored as
+		// "OrderPlaced", and " " as no type at all.
+		return fieldErr(prefix+"type", fmt.Sprintf("%q has leading or trailing spaces; remove them", e.Type))
+	}
 	if len(e.Data) == 0 {
 		return fieldErr(prefix+"data", "is required: the event payload as JSON (use {} for none)")
 	}

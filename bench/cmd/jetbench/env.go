@@ -380,6 +380,7 @@ type watcher struct {
 
 	last atomic.Uint64
 	mu   sync.Mutex
+	gen  int // bumped by reset
 	log  []visible
 	done chan struct{}
 }
@@ -413,15 +414,20 @@ func newWatcher(ctx context.Context, rdb *redis.Client, key string) (*watcher, e
 					drained = true
 				}
 			}
+			w.mu.Lock()
+			gen := w.gen
+			w.mu.Unlock()
 			s, err := rdb.Get(context.Background(), key).Result()
 			if err != nil {
 				continue
 			}
 			cp, _ := strconv.ParseUint(s, 10, 64)
 			w.mu.Lock()
-			w.log = append(w.log, visible{at, cp})
+			if w.gen == gen { // not a late notification of the previous phase
+				w.log = append(w.log, visible{at, cp})
+				w.last.Store(cp)
+			}
 			w.mu.Unlock()
-			w.last.Store(cp)
 		}
 	}()
 	return w, nil
@@ -430,9 +436,10 @@ func newWatcher(ctx context.Context, rdb *redis.Client, key string) (*watcher, e
 // reset forgets what was seen (a new phase).
 func (w *watcher) reset() {
 	w.mu.Lock()
+	w.gen++
 	w.log = nil
-	w.mu.Unlock()
 	w.last.Store(0)
+	w.mu.Unlock()
 }
 
 // waitFor waits until the checkpoint reaches pos and returns when it

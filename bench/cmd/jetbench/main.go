@@ -96,11 +96,11 @@ func main() {
 	latency := flag.Duration("latency", time.Millisecond, "round trip added to the target by a delay proxy (half each way); 0 skips")
 	latNaiveN := flag.Int("latency-naive-n", 3_000, "events the naive synchroniser applies through the delay proxy")
 	sweep := flag.Bool("sweep", true, "sweep batch size and flush interval")
-	sweepTime := flag.Duration("sweep-time", 2*time.Second, "catch-up time box per sweep point")
-	sweepLive := flag.Duration("sweep-live", 3*time.Second, "live run per sweep point")
+	sweepTime := flag.Duration("sweep-time", 0, "catch-up time box per sweep point (default 2s, 1s when -n is below 500000)")
+	sweepLive := flag.Duration("sweep-live", 0, "live run per sweep point (default 3s, 2s when -n is below 500000)")
 	liveRates := flag.String("live-rate", "1000,5000", "events/s appended in the live runs through the bridge, comma-separated; 0 skips them")
 	latEvents := flag.Int("latency-max-events", 5000, "also run the sink through the delay proxy with this batch.max_events (0 skips)")
-	liveDur := flag.Duration("live-duration", 10*time.Second, "length of the live run through the bridge")
+	liveDur := flag.Duration("live-duration", 0, "length of each live run through the bridge (default 10s, 5s when -n is below 500000)")
 	appendN := flag.Int("append-n", 100_000, "events appended through the bridge's HTTP API in batches; 0 skips")
 	appendBatch := flag.Int("append-batch", 100, "events per HTTP append")
 	appendClients := flag.Int("append-clients", 8, "concurrent HTTP append clients")
@@ -137,6 +137,18 @@ func main() {
 		os.Exit(2)
 	}
 	*naiveN, *latNaiveN = min(*naiveN, b.n), min(*latNaiveN, b.n)
+	small := b.n < 500_000 // a quick check: shorter fixed-length phases
+	for _, d := range []struct {
+		p           *time.Duration
+		full, quick time.Duration
+	}{{liveDur, 10 * time.Second, 5 * time.Second}, {sweepTime, 2 * time.Second, time.Second}, {sweepLive, 3 * time.Second, 2 * time.Second}} {
+		if *d.p <= 0 {
+			*d.p = d.full
+			if small {
+				*d.p = d.quick
+			}
+		}
+	}
 	var rateList []int
 	for _, r := range strings.Split(*liveRates, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(r))

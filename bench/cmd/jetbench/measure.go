@@ -114,7 +114,7 @@ func (b *bench) rawPublish(ctx context.Context, n int) result {
 		ev := b.ev(i)
 		m := ev.ToMsg()
 		m.Subject = "raw.order." + ev.StreamID
-		if _, err := js.PublishMsgAsync(m); err != nil {
+		if _, err := js.PublishMsgAsync(m, jetstream.WithStallWait(30*time.Second)); err != nil {
 			b.fatalf("raw publish: %v", err)
 		}
 	}
@@ -654,7 +654,7 @@ func (b *bench) engineLive(ctx context.Context, bs batchSettings, rate int, dur 
 		rmu.Unlock()
 		ev.Version = 1 // not checked on this path; the sink does not read it
 		ev.Time = due
-		f, err := js.PublishMsgAsync(ev.ToMsg())
+		f, err := js.PublishMsgAsync(ev.ToMsg(), jetstream.WithStallWait(30*time.Second))
 		if err != nil {
 			b.fatalf("live publish: %v", err)
 		}

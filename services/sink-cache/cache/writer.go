@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
 
@@ -29,6 +30,12 @@ type Writer struct {
 
 	mu  sync.Mutex
 	rdb *redis.Client // nil before Connect and after Close
+
+	// last is the checkpoint this process last read or wrote. Finding
+	// another value in Redis means someone else writes this sink's keys
+	// (or Redis lost writes): the sink must stop rather than interleave.
+	last      atomic.Uint64
+	lastKnown atomic.Bool
 }
 
 var _ interface {
@@ -120,6 +127,9 @@ func (w *Writer) LoadCheckpoint(ctx context.Context) (uint64, error) {
 		return 0, ErrNotConnected
 	}
 	cp, err := readCheckpoint(ctx, rdb, w.cpKey)
+	if err == nil {
+		w.remember(cp)
+	}
 	return cp, classify(err)
 }
 
@@ -167,8 +177,11 @@ func (w *Writer) WriteBatch(ctx context.Context, b *sink.Batch) error {
 		if err != nil {
 			return err
 		}
+		if err := w.checkOwnership(cp, b.Through); err != nil {
+			return err
+		}
 		if cp >= b.Through {
-			return nil // applied already
+			return nil // applied already: a retry after a lost EXEC reply
 		}
 		run = cmds[sort.Search(len(cmds), func(i int) bool { return cmds[i].pos > cp }):]
 		out, err = tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
@@ -181,16 +194,42 @@ func (w *Writer) WriteBatch(ctx context.Context, b *sink.Batch) error {
 		return err
 	}, w.cpKey)
 	if err == nil {
+		w.remember(b.Through)
 		return nil
 	}
 	if committed(out, len(run)) {
+		w.remember(b.Through)
 		return w.partlyApplied(b, run, out)
 	}
-	if errors.Is(err, redis.TxFailedErr) {
-		return sink.Permanent(fmt.Errorf("%w: the checkpoint %s of sink %s changed while writing the batch through %d; run one instance per sink name",
-			ErrConcurrentWriter, w.cpKey, w.name, b.Through))
-	}
+	// A failed transaction (the watched checkpoint was touched, for example
+	// by Redis reloading its append-only file after a restart) is retried;
+	// the retry's ownership check tells a second instance apart.
 	return classify(fmt.Errorf("writing batch through %d: %w", b.Through, err))
+}
+
+// checkOwnership compares the checkpoint found in Redis with the one this
+// process knows: only that one, or this batch's own (a retry whose first
+// EXEC went through), are possible when this process is the only writer.
+func (w *Writer) checkOwnership(cp, through uint64) error {
+	if !w.lastKnown.Load() {
+		return nil
+	}
+	last := w.last.Load()
+	switch {
+	case cp == last || cp == through:
+		return nil
+	case cp > last:
+		return sink.Permanent(fmt.Errorf("%w: the checkpoint %s of sink %s is at %d, this process left it at %d; run one instance per sink name",
+			ErrConcurrentWriter, w.cpKey, w.name, cp, last))
+	default:
+		return sink.Permanent(fmt.Errorf("%w: the checkpoint %s of sink %s went back from %d to %d (Redis lost writes, or it was reset behind the sink's back); restart the sink to apply again from %d",
+			ErrConcurrentWriter, w.cpKey, w.name, last, cp, cp))
+	}
+}
+
+func (w *Writer) remember(cp uint64) {
+	w.last.Store(cp)
+	w.lastKnown.Store(true)
 }
 
 // redeliver applies dead letters an operator retries: one MULTI/EXEC,
@@ -222,6 +261,9 @@ func (w *Writer) ResetCheckpoint(ctx context.Context, pos uint64) error {
 		pipe.Set(ctx, w.cpKey, pos, 0)
 		return nil
 	})
+	if err == nil {
+		w.remember(pos)
+	}
 	return classify(err)
 }
 

@@ -399,15 +399,49 @@ func TestLostExecReplyRetriedAppliesOnce(t *testing.T) {
 func TestCheckpointChangedByAnotherInstanceIsPermanent(t *testing.T) {
 	r := startRedis(t)
 	w := r.writer(t, opsConfig)
+	if _, err := w.LoadCheckpoint(t.Context()); err != nil { // as the engine does first
+		t.Fatal(err)
+	}
 	w.client().AddHook(&execHook{before: func() {
 		r.rdb.Set(context.Background(), w.CheckpointKey(), "100", 0) // the other instance commits
 	}})
-	err := w.WriteBatch(t.Context(), batch(event(1, "Placed", "1", `{}`)))
+	b := batch(event(1, "Placed", "1", `{}`))
+	// The transaction fails; that alone may be Redis reloading its AOF
+	// after a restart, so it is retried...
+	err := w.WriteBatch(t.Context(), b)
+	if err == nil || errors.Is(err, sink.ErrPermanent) {
+		t.Fatalf("first attempt: got %v, want a transient error", err)
+	}
+	// ...and the retry finds a checkpoint this process never wrote.
+	err = w.WriteBatch(t.Context(), b)
 	if !errors.Is(err, ErrConcurrentWriter) || !errors.Is(err, sink.ErrPermanent) {
-		t.Fatalf("got %v, want a permanent ErrConcurrentWriter", err)
+		t.Fatalf("retry: got %v, want a permanent ErrConcurrentWriter", err)
 	}
 	if r.exists(t, "order:1") {
 		t.Error("the losing transaction wrote data")
+	}
+}
+
+func TestTransactionAbortedWithoutAnotherWriterIsRetried(t *testing.T) {
+	r := startRedis(t)
+	w := r.writer(t, opsConfig)
+	if _, err := w.LoadCheckpoint(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	touched := false
+	w.client().AddHook(&execHook{before: func() {
+		if !touched { // e.g. Redis reloading its AOF touches the key, same value
+			touched = true
+			r.rdb.Set(context.Background(), w.CheckpointKey(), "0", 0)
+		}
+	}})
+	b := batch(event(1, "Placed", "1", `{}`))
+	if err := w.WriteBatch(t.Context(), b); err == nil || errors.Is(err, sink.ErrPermanent) {
+		t.Fatalf("aborted transaction: got %v, want a transient error", err)
+	}
+	write(t, w, b) // the engine's retry succeeds
+	if !r.exists(t, "order:1") {
+		t.Error("the retried batch was not applied")
 	}
 }
 
