@@ -196,18 +196,7 @@ func (c *ctl) head(ctx context.Context, filters []string) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("stream %s: %w", c.stream, err)
 	}
-	var head uint64
-	for _, f := range filters {
-		m, err := s.GetLastMsgForSubject(ctx, f)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue
-		}
-		if err != nil {
-			return 0, err
-		}
-		head = max(head, m.Sequence)
-	}
-	return head, nil
+	return natsutil.LastPosition(ctx, s, filters)
 }
 
 // firstAtOrAfter finds the first position at or after t matching filters

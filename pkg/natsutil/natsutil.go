@@ -159,3 +159,21 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c StreamConfig) (
 	}
 	return s, nil
 }
+
+// LastPosition is the position (stream sequence) of the last event in s
+// matching any of filters, 0 when there is none: the head a sink catches up
+// to. One direct get per filter.
+func LastPosition(ctx context.Context, s jetstream.Stream, filters []string) (uint64, error) {
+	var head uint64
+	for _, f := range filters {
+		m, err := s.GetLastMsgForSubject(ctx, f)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		head = max(head, m.Sequence)
+	}
+	return head, nil
+}

@@ -159,39 +159,41 @@ func (e *Engine) WaitFor(ctx context.Context, pos uint64) error {
 // is reset in its store and consuming starts again from pos+1.
 func (e *Engine) Reset(ctx context.Context, pos uint64) error {
 	r := resetRequest{pos: pos, done: make(chan error, 1)}
-	select {
-	case e.resets <- r:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	select {
-	case err := <-r.done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return ask(ctx, e.resets, r, r.done)
 }
 
 // Redeliver writes events again, in the order given, between two regular
 // batches and without touching the checkpoint (dead letters re-applied by
 // an operator). It returns once they are applied or failed.
 func (e *Engine) Redeliver(ctx context.Context, events []envelope.Event) error {
-	b := &Batch{Events: events, Redelivery: true}
-	for _, ev := range events {
-		b.Bytes += ev.Size()
-	}
+	b := newBatch(events, 0)
+	b.Redelivery = true
 	r := redelivery{ctx: ctx, b: b, done: make(chan error, 1)}
+	return ask(ctx, e.redeliveries, r, r.done)
+}
+
+// ask hands req to the running engine's loop and waits for its answer.
+func ask[T any](ctx context.Context, to chan<- T, req T, done <-chan error) error {
 	select {
-	case e.redeliveries <- r:
+	case to <- req:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 	select {
-	case err := <-r.done:
+	case err := <-done:
 		return err
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// newBatch is a batch of events, checkpointing through.
+func newBatch(events []envelope.Event, through uint64) *Batch {
+	b := &Batch{Events: events, Through: through}
+	for i := range events {
+		b.Bytes += events[i].Size()
+	}
+	return b
 }
 
 // item is one message from the consumer, decoded or not.
@@ -608,11 +610,7 @@ func (e *Engine) applyPolicy(ctx context.Context, b *Batch, be *BatchError) (*Ba
 		if ev.Position <= 1 || firstIdx == 0 && ev.Position-1 <= e.stats.checkpoint.Load() {
 			return nil, stopErr
 		}
-		prefix := &Batch{Events: b.Events[:firstIdx], Through: ev.Position - 1}
-		for _, p := range prefix.Events {
-			prefix.Bytes += p.Size()
-		}
-		return prefix, stopErr
+		return newBatch(b.Events[:firstIdx], ev.Position-1), stopErr
 	}
 	kept := &Batch{Events: make([]envelope.Event, 0, len(b.Events)-len(failed)), Through: b.Through}
 	for i, ev := range b.Events {

@@ -64,6 +64,7 @@ type Service struct {
 	mu     sync.Mutex
 	lag    metrics.Lag
 	status control.Status
+	stream jetstream.Stream // looked up once: each lookup is a request to the server
 }
 
 // New connects and opens everything the sink needs; Run runs it.
@@ -247,19 +248,12 @@ func (s *Service) monitor(ctx context.Context) {
 // oldest event not applied yet.
 func (s *Service) measure(ctx context.Context, cp uint64) (metrics.Lag, error) {
 	lag := metrics.Lag{Checkpoint: cp}
-	stream, err := s.js.Stream(ctx, s.cfg.Stream)
+	stream, err := s.eventStream(ctx)
 	if err != nil {
 		return lag, err
 	}
-	for _, f := range s.cfg.Filters {
-		m, err := stream.GetLastMsgForSubject(ctx, f)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue
-		}
-		if err != nil {
-			return lag, err
-		}
-		lag.Head = max(lag.Head, m.Sequence)
+	if lag.Head, err = natsutil.LastPosition(ctx, stream, s.cfg.Filters); err != nil {
+		return lag, err
 	}
 	if lag.Head <= cp {
 		return lag, nil
@@ -283,6 +277,24 @@ func (s *Service) measure(ctx context.Context, cp uint64) (metrics.Lag, error) {
 		lag.Seconds = max(time.Since(oldest).Seconds(), 0)
 	}
 	return lag, nil
+}
+
+// eventStream returns the event stream's handle, looking it up once.
+func (s *Service) eventStream(ctx context.Context) (jetstream.Stream, error) {
+	s.mu.Lock()
+	st := s.stream
+	s.mu.Unlock()
+	if st != nil {
+		return st, nil
+	}
+	st, err := s.js.Stream(ctx, s.cfg.Stream)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.stream = st
+	s.mu.Unlock()
+	return st, nil
 }
 
 // publishStatus measures and stores the sink's status; runErr is the error

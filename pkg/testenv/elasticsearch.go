@@ -246,16 +246,16 @@ func stopES(dir string) error {
 }
 
 func esScript() (string, error) {
-	root, err := repoRoot()
+	root, err := RepoRoot()
 	if err != nil {
 		return "", err
 	}
 	return filepath.Join(root, "testenv", "elasticsearch", "es.sh"), nil
 }
 
-// repoRoot walks up from the working directory (a package dir under go
-// test) to the directory that holds go.work.
-func repoRoot() (string, error) {
+// RepoRoot walks up from the working directory (a package dir under go
+// test, or anywhere inside the checkout) to the directory that holds go.work.
+func RepoRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", err

@@ -167,7 +167,7 @@ func kinesaliteDir(t testing.TB) string {
 }
 
 func setupKinesalite() (string, error) {
-	root, err := repoRoot()
+	root, err := RepoRoot()
 	if err != nil {
 		return "", err
 	}

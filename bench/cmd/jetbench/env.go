@@ -352,24 +352,6 @@ func buildBinaries(root, dir string) error {
 	return cmd.Run()
 }
 
-// repoRoot finds the directory holding go.work from the working directory up.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("go.work not found: run from the jetsync repository")
-		}
-		dir = parent
-	}
-}
-
 // watcher sees when a sink's checkpoint moves in Redis, through keyspace
 // notifications on the checkpoint key: the moment a batch and its
 // checkpoint become visible to readers (they commit in one MULTI/EXEC).

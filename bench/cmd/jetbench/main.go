@@ -36,6 +36,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/jetsync/jetsync/pkg/config"
+	"github.com/jetsync/jetsync/pkg/testenv"
 )
 
 type bench struct {
@@ -184,7 +185,7 @@ func main() {
 	}
 	b.bin = *binDir
 	if b.bin == "" {
-		root, err := repoRoot()
+		root, err := testenv.RepoRoot()
 		if err != nil {
 			b.fatalf("%v", err)
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetsync/jetsync/pkg/checkpoint"
+	"github.com/jetsync/jetsync/pkg/natsutil"
 	"github.com/jetsync/jetsync/pkg/sink"
 )
 
@@ -137,7 +138,7 @@ func Rebuild(ctx context.Context, cfg Config, js jetstream.JetStream, store chec
 	if err != nil {
 		return nil, fmt.Errorf("%w: stream %s: %w", ErrRebuild, cfg.Stream, err)
 	}
-	head := func() (uint64, error) { return StreamHead(ctx, stream, cfg.Filters) }
+	head := func() (uint64, error) { return natsutil.LastPosition(ctx, stream, cfg.Filters) }
 	wait := func(pos uint64) error { return waitCheckpoint(ctx, eng, engDone, pos, opts.Poll, log) }
 
 	// 1. Catch up while the live sink writes to the old indices, until the
@@ -228,23 +229,6 @@ func rebuildAliases(cfg *Config) ([]string, error) {
 		}
 	}
 	return sortedKeys(seen), nil
-}
-
-// StreamHead is the position of the last event in stream matching any of
-// filters (0 when there is none).
-func StreamHead(ctx context.Context, stream jetstream.Stream, filters []string) (uint64, error) {
-	var h uint64
-	for _, f := range filters {
-		m, err := stream.GetLastMsgForSubject(ctx, f)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue
-		}
-		if err != nil {
-			return 0, fmt.Errorf("stream head for %s: %w", f, err)
-		}
-		h = max(h, m.Sequence)
-	}
-	return h, nil
 }
 
 // waitCheckpoint polls until eng has applied pos, logging progress.
