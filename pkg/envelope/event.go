@@ -61,23 +61,28 @@ func (e *Event) Size() int {
 
 // ValidateToken checks that s can stand as one subject token. field is the
 // name used in the error message.
-func ValidateToken(field, s string) error {
+func ValidateToken(field, s string) error { return validateToken("", field, s) }
+
+// validateToken is ValidateToken for the field prefix+name, joined only
+// for an error: ValidateNew runs for every appended or imported event.
+func validateToken(prefix, name, s string) error {
+	field := func() string { return prefix + name }
 	switch {
 	case s == "":
-		return fieldErr(field, "is required and must not be empty")
+		return fieldErr(field(), "is required and must not be empty")
 	case len(s) > MaxTokenLen:
-		return fieldErr(field, fmt.Sprintf("is %d bytes long; use at most %d", len(s), MaxTokenLen))
+		return fieldErr(field(), fmt.Sprintf("is %d bytes long; use at most %d", len(s), MaxTokenLen))
 	case !utf8.ValidString(s):
-		return fieldErr(field, "must be valid UTF-8")
+		return fieldErr(field(), "must be valid UTF-8")
 	}
 	for _, r := range s {
 		switch {
 		case r == '.':
-			return fieldErr(field, fmt.Sprintf("%q contains '.', which separates subject tokens; use '-' or '_' instead", s))
+			return fieldErr(field(), fmt.Sprintf("%q contains '.', which separates subject tokens; use '-' or '_' instead", s))
 		case r == '*' || r == '>':
-			return fieldErr(field, fmt.Sprintf("%q contains the wildcard %q, which subjects cannot hold; remove it", s, r))
+			return fieldErr(field(), fmt.Sprintf("%q contains the wildcard %q, which subjects cannot hold; remove it", s, r))
 		case r == ' ' || r == '\t' || r == '\r' || r == '\n' || r < 0x20 || r == 0x7f:
-			return fieldErr(field, fmt.Sprintf("%q contains whitespace or a control character; remove it", s))
+			return fieldErr(field(), fmt.Sprintf("%q contains whitespace or a control character; remove it", s))
 		}
 	}
 	return nil
@@ -93,10 +98,10 @@ func (e *Event) ValidateNew(prefix string) error {
 	if len(e.ID) > MaxTokenLen || strings.ContainsAny(e.ID, " \t\r\n") {
 		return fieldErr(prefix+"id", fmt.Sprintf("must be 1..%d bytes without whitespace", MaxTokenLen))
 	}
-	if err := ValidateToken(prefix+"category", e.Category); err != nil {
+	if err := validateToken(prefix, "category", e.Category); err != nil {
 		return err
 	}
-	if err := ValidateToken(prefix+"streamId", e.StreamID); err != nil {
+	if err := validateToken(prefix, "streamId", e.StreamID); err != nil {
 		return err
 	}
 	if e.Type == "" {
@@ -113,7 +118,7 @@ func (e *Event) ValidateNew(prefix string) error {
 	if len(e.Data) == 0 {
 		return fieldErr(prefix+"data", "is required: the event payload as JSON (use {} for none)")
 	}
-	if !json.Valid(e.Data) {
+	if !ValidJSON(e.Data) {
 		return fieldErr(prefix+"data", "is not valid JSON")
 	}
 	if len(e.Metadata) > 0 && !isJSONObjectOrNull(e.Metadata) {
@@ -140,7 +145,7 @@ func isJSONObjectOrNull(b []byte) bool {
 	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\r' || b[i] == '\n') {
 		i++
 	}
-	return i < len(b) && (b[i] == '{' || b[i] == 'n') && json.Valid(b)
+	return i < len(b) && (b[i] == '{' || b[i] == 'n') && ValidJSON(b)
 }
 
 // ToMsg builds the JetStream message for the event. The data is not copied.

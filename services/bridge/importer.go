@@ -11,7 +11,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
 
 	"github.com/jetsync/jetsync/pkg/envelope"
 	"github.com/jetsync/jetsync/pkg/natsutil"
@@ -48,12 +50,16 @@ func (r ImportResult) Present() int64 { return r.Skipped + r.Duplicates }
 // opts.Window awaiting their ack.
 //
 // It is idempotent: an event whose stream is already at or past its version
-// is skipped (one direct get per stream, the first time the stream is seen),
-// so importing a file again publishes nothing, even after the duplicate
-// window. An event that is not the next version of its stream is an error.
-// On the first bad line or failed publish Import stops reading, waits for
-// what it already published, and returns the counts so far with an error
-// naming the line (an *envelope.FieldError for bad input).
+// is skipped, so importing a file again publishes nothing, even after the
+// duplicate window. An event that is not the next version of its stream is
+// an error. On the first bad line or failed publish Import stops reading,
+// waits for what it already published, and returns the counts so far with an
+// error naming the line (an *envelope.FieldError for bad input).
+//
+// Three goroutines share the work, so both cores are busy: one reads and
+// decodes lines in chunks of up to chunkLines, one looks up the versions of
+// a chunk's new streams in one batched direct get and publishes the chunk,
+// and one collects the acks.
 //
 // Streams must not be appended to by others while they are imported.
 func Import(ctx context.Context, js jetstream.JetStream, r io.Reader, opts ImportOptions) (ImportResult, error) {
@@ -71,24 +77,28 @@ func Import(ctx context.Context, js jetstream.JetStream, r io.Reader, opts Impor
 		defer close(collected)
 		imp.collect(ctx, pending)
 	}()
+	readCtx, stopReading := context.WithCancel(ctx)
+	chunks := make(chan chunk, 2)
+	go imp.read(readCtx, r, chunks)
 
-	readErr := imp.read(ctx, r, pending)
+	pubErr := imp.publish(ctx, chunks, pending)
+	stopReading() // the reader returns at its next chunk, or when r ends
 	close(pending)
 	<-collected // bounded: the collector gives up after AckTimeout without an ack
 
 	imp.mu.Lock()
 	res := imp.res
-	pubErr := imp.pubErr
+	ackErr := imp.pubErr
 	imp.mu.Unlock()
 	res.Elapsed = time.Since(start)
 	if opts.Progress != nil {
 		opts.Progress(res.Lines)
 	}
-	// The first publish failure came before the line the reader stopped at.
-	if pubErr != nil {
-		return res, pubErr
+	// The first failed publish came before the line the publisher stopped at.
+	if ackErr != nil {
+		return res, ackErr
 	}
-	return res, readErr
+	return res, pubErr
 }
 
 func (o *ImportOptions) defaults() {
@@ -106,15 +116,32 @@ func (o *ImportOptions) defaults() {
 	}
 }
 
+// chunkLines is the most events in a chunk. It is also the most subjects
+// one batched direct get may ask for: the server answers at most 1024
+// messages per request.
+const chunkLines = 1024
+
 type importer struct {
 	js       jetstream.JetStream
 	stream   jetstream.Stream
 	opts     ImportOptions
-	versions map[string]uint64 // subject -> version after what was queued
+	versions map[string]uint64 // subject -> version after what was queued; the publisher's
 
 	mu     sync.Mutex
 	res    ImportResult
 	pubErr error // the first failed publish
+}
+
+// chunk is a run of decoded lines, handed from the reader to the publisher.
+type chunk struct {
+	events []lineEvent
+	lines  int64 // lines read up to the end of the chunk, blank ones included
+	err    error // what stopped the reading after events, at line lines
+}
+
+type lineEvent struct {
+	line int64
+	ev   envelope.Event
 }
 
 // pendingPub is a publish awaiting its ack.
@@ -124,66 +151,107 @@ type pendingPub struct {
 	ev   envelope.Event
 }
 
-// read decodes, checks and publishes line by line until EOF or an error.
-func (imp *importer) read(ctx context.Context, r io.Reader, pending chan<- pendingPub) error {
+// read decodes and checks line by line until EOF or a bad line, and sends
+// the events in chunks. It closes chunks when done.
+func (imp *importer) read(ctx context.Context, r io.Reader, chunks chan<- chunk) {
+	defer close(chunks)
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64<<10), imp.opts.MaxLineBytes)
 	var line int64
+	c := chunk{events: make([]lineEvent, 0, chunkLines)}
+	send := func() bool {
+		c.lines = line
+		select {
+		case chunks <- c:
+			c = chunk{events: make([]lineEvent, 0, chunkLines)}
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
 	for sc.Scan() {
 		line++
-		if line%1024 == 0 {
-			if imp.opts.Progress != nil {
-				imp.opts.Progress(line)
-			}
-			if err := ctx.Err(); err != nil {
-				return fmt.Errorf("import interrupted at line %d: %w", line, err)
-			}
-		}
-		imp.mu.Lock()
-		imp.res.Lines = line
-		failed := imp.pubErr != nil
-		imp.mu.Unlock()
-		if failed {
-			return nil
-		}
 		raw := bytes.TrimSpace(sc.Bytes())
 		if len(raw) == 0 {
 			continue
 		}
-		if err := imp.line(ctx, line, raw, pending); err != nil {
-			return err
+		ev, err := decodeLine(line, raw)
+		if err != nil {
+			c.err = err
+			send()
+			return
+		}
+		c.events = append(c.events, lineEvent{line: line, ev: ev})
+		if len(c.events) == chunkLines && !send() {
+			return
 		}
 	}
 	if err := sc.Err(); err != nil {
+		line++
 		if errors.Is(err, bufio.ErrTooLong) {
-			return &envelope.FieldError{Field: "line " + strconv.FormatInt(line+1, 10), Reason: fmt.Sprintf("is longer than %d bytes", imp.opts.MaxLineBytes)}
+			c.err = &envelope.FieldError{Field: "line " + strconv.FormatInt(line, 10), Reason: fmt.Sprintf("is longer than %d bytes", imp.opts.MaxLineBytes)}
+		} else {
+			c.err = fmt.Errorf("reading line %d: %w", line, err)
 		}
-		return fmt.Errorf("reading line %d: %w", line+1, err)
+	}
+	send()
+}
+
+// decodeLine decodes and checks one non-blank line.
+func decodeLine(line int64, raw []byte) (envelope.Event, error) {
+	prefix := "line " + strconv.FormatInt(line, 10) + ": "
+	ev, err := decodeEvent(raw, prefix, importFields)
+	if err != nil {
+		return ev, err
+	}
+	if err := ev.Validate(prefix); err != nil {
+		return ev, err
+	}
+	if ev.Time.IsZero() {
+		return ev, &envelope.FieldError{Field: prefix + "time", Reason: "is required: when the event happened, RFC 3339"}
+	}
+	return ev, nil
+}
+
+// publish publishes the chunks' events in order until the chunks end, a
+// line is bad or a publish fails.
+func (imp *importer) publish(ctx context.Context, chunks <-chan chunk, pending chan<- pendingPub) error {
+	for c := range chunks {
+		if err := imp.lookUpVersions(ctx, c.events); err != nil {
+			return err
+		}
+		for _, le := range c.events {
+			imp.mu.Lock()
+			imp.res.Lines = le.line
+			failed := imp.pubErr != nil
+			imp.mu.Unlock()
+			if failed {
+				return nil
+			}
+			if err := imp.publishEvent(ctx, le.line, le.ev, pending); err != nil {
+				return err
+			}
+		}
+		imp.mu.Lock()
+		imp.res.Lines = c.lines
+		imp.mu.Unlock()
+		if imp.opts.Progress != nil {
+			imp.opts.Progress(c.lines)
+		}
+		if c.err != nil {
+			return c.err
+		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("import interrupted at line %d: %w", c.lines, err)
+		}
 	}
 	return nil
 }
 
-// line handles one non-blank line.
-func (imp *importer) line(ctx context.Context, line int64, raw []byte, pending chan<- pendingPub) error {
-	prefix := "line " + strconv.FormatInt(line, 10) + ": "
-	ev, err := decodeEvent(raw, prefix, importFields)
-	if err != nil {
-		return err
-	}
-	if err := ev.Validate(prefix); err != nil {
-		return err
-	}
-	if ev.Time.IsZero() {
-		return &envelope.FieldError{Field: prefix + "time", Reason: "is required: when the event happened, RFC 3339"}
-	}
+// publishEvent publishes one event if it is the next of its stream.
+func (imp *importer) publishEvent(ctx context.Context, line int64, ev envelope.Event, pending chan<- pendingPub) error {
 	subject := ev.Subject()
-	current, seen := imp.versions[subject]
-	if !seen {
-		if current, err = imp.lastVersion(ctx, subject); err != nil {
-			return fmt.Errorf("%sreading the version of %s: %w", prefix, subject, err)
-		}
-		imp.versions[subject] = current
-	}
+	current := imp.versions[subject]
 	switch {
 	case ev.Version <= current:
 		imp.mu.Lock()
@@ -191,6 +259,7 @@ func (imp *importer) line(ctx context.Context, line int64, raw []byte, pending c
 		imp.mu.Unlock()
 		return nil
 	case ev.Version != current+1:
+		prefix := "line " + strconv.FormatInt(line, 10) + ": "
 		return fmt.Errorf("%w: %w", ErrVersionGap, &envelope.FieldError{
 			Field:  prefix + "version",
 			Reason: fmt.Sprintf("is %d but stream %s/%s is at version %d; the next event must have version %d (events of a stream must be in order, without gaps)", ev.Version, ev.Category, ev.StreamID, current, current+1),
@@ -198,7 +267,7 @@ func (imp *importer) line(ctx context.Context, line int64, raw []byte, pending c
 	}
 	f, err := imp.js.PublishMsgAsync(ev.ToMsg(), jetstream.WithStallWait(imp.opts.AckTimeout))
 	if err != nil {
-		return fmt.Errorf("%spublishing event %q: %w", prefix, ev.ID, classify(err))
+		return fmt.Errorf("line %d: publishing event %q: %w", line, ev.ID, classify(err))
 	}
 	imp.versions[subject] = ev.Version
 	ev.Data, ev.Metadata = nil, nil // the collector needs no payload
@@ -210,20 +279,81 @@ func (imp *importer) line(ctx context.Context, line int64, raw []byte, pending c
 	return nil
 }
 
-// lastVersion is the version of the stream's last stored event, 0 if none.
-func (imp *importer) lastVersion(ctx context.Context, subject string) (uint64, error) {
+// lookUpVersions reads the current version of every stream of events not
+// seen before, in one batched direct get for the whole chunk (a round trip
+// per stream made a file with many streams import at a fraction of the
+// publish rate).
+func (imp *importer) lookUpVersions(ctx context.Context, events []lineEvent) error {
+	var subjects []string
+	first := map[string]int64{} // subject -> its first line, for errors
+	for _, le := range events {
+		s := le.ev.Subject()
+		if _, seen := imp.versions[s]; seen {
+			continue
+		}
+		if _, dup := first[s]; !dup {
+			first[s] = le.line
+			subjects = append(subjects, s)
+		}
+	}
+	if len(subjects) == 0 {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(ctx, imp.opts.AckTimeout)
 	defer cancel()
-	m, err := imp.stream.GetLastMsgForSubject(ctx, subject)
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return 0, nil
-	}
+	found, err := imp.lastVersions(ctx, subjects)
 	if err != nil {
-		return 0, classify(err)
+		return fmt.Errorf("line %d: reading the versions of %d streams: %w", events[0].line, len(subjects), err)
 	}
-	v, err := strconv.ParseUint(m.Header.Get(envelope.HeaderVersion), 10, 64)
+	for _, s := range subjects {
+		imp.versions[s] = found[s] // 0 for a new stream
+	}
+	return nil
+}
+
+// lastVersions is the version of the last stored event of each subject that
+// has one.
+func (imp *importer) lastVersions(ctx context.Context, subjects []string) (map[string]uint64, error) {
+	found := make(map[string]uint64, len(subjects))
+	if !imp.stream.CachedInfo().Config.AllowDirect {
+		// Batched gets are direct gets; without them, one request each.
+		for _, s := range subjects {
+			m, err := imp.stream.GetLastMsgForSubject(ctx, s)
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				continue
+			}
+			if err != nil {
+				return nil, classify(err)
+			}
+			if found[s], err = storedVersion(m.Subject, m.Sequence, m.Header); err != nil {
+				return nil, err
+			}
+		}
+		return found, nil
+	}
+	msgs, err := jetstreamext.GetLastMsgsFor(ctx, imp.js, imp.opts.Stream, subjects)
 	if err != nil {
-		return 0, fmt.Errorf("%w: %s at position %d has no valid %s header", ErrNotJetsync, subject, m.Sequence, envelope.HeaderVersion)
+		return nil, classify(err)
+	}
+	for m, err := range msgs {
+		if errors.Is(err, jetstreamext.ErrNoMessages) {
+			break // none of the subjects has a message
+		}
+		if err != nil {
+			return nil, classify(err)
+		}
+		if found[m.Subject], err = storedVersion(m.Subject, m.Sequence, m.Header); err != nil {
+			return nil, err
+		}
+	}
+	return found, nil
+}
+
+// storedVersion reads the version header of a stored event.
+func storedVersion(subject string, seq uint64, h nats.Header) (uint64, error) {
+	v, err := strconv.ParseUint(h.Get(envelope.HeaderVersion), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %s at position %d has no valid %s header", ErrNotJetsync, subject, seq, envelope.HeaderVersion)
 	}
 	return v, nil
 }
