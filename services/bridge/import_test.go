@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jetsync/jetsync/pkg/envelope"
+	"github.com/jetsync/jetsync/pkg/natsutil"
 	"github.com/jetsync/jetsync/pkg/testenv"
 )
 
@@ -188,5 +189,51 @@ func TestCountLines(t *testing.T) {
 		if got, _ := countLines(strings.NewReader(in)); got != want {
 			t.Errorf("countLines(%q) = %d, want %d", in, got, want)
 		}
+	}
+}
+
+// Versions are looked up a chunk at a time: more streams than one batched
+// get may ask for, some already stored and some new, across chunks; and on
+// a stream without direct gets, one lookup per stream.
+func TestImportLooksUpVersionsInBatches(t *testing.T) {
+	for _, direct := range []bool{true, false} {
+		t.Run(fmt.Sprintf("direct=%v", direct), func(t *testing.T) {
+			e := importEnv(t)
+			ctx := context.Background()
+			if !direct {
+				sc := natsutil.DefaultStreamConfig().JetStreamConfig()
+				sc.AllowDirect = false
+				if _, err := e.js.UpdateStream(ctx, sc); err != nil {
+					t.Fatal(err)
+				}
+			}
+			const streams = 1500 // more than chunkLines
+			// Streams 0..999 already hold version 1 (and 0..9 version 2).
+			if _, err := Import(ctx, e.js, bytes.NewReader(ndjson(1000, 1, 1)), ImportOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := Import(ctx, e.js, bytes.NewReader(ndjson(10, 2, 2)), ImportOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			res, err := Import(ctx, e.js, bytes.NewReader(ndjson(streams, 1, 3)), ImportOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Skipped != 1010 || res.Published != 3*streams-1010 || res.Lines != 3*streams {
+				t.Fatalf("%+v, want 1010 skipped and %d published", res, 3*streams-1010)
+			}
+			if n := msgCount(t, e.js); n != 3*streams {
+				t.Fatalf("stream holds %d messages, want %d", n, 3*streams)
+			}
+			if _, err := e.js.UpdateStream(ctx, natsutil.DefaultStreamConfig().JetStreamConfig()); err != nil {
+				t.Fatal(err) // readSubject reads with direct gets
+			}
+			for _, s := range []int{0, 9, 10, 999, 1000, 1499} {
+				got := readSubject(t, e.js, fmt.Sprintf("events.imp.s%d", s))
+				if len(got) != 3 || got[0].Version != 1 || got[2].Version != 3 {
+					t.Fatalf("stream s%d: %d events %+v", s, len(got), got)
+				}
+			}
+		})
 	}
 }
