@@ -259,7 +259,7 @@ func main() {
 	}
 
 	// Catch-up on loopback.
-	var read, target, sinkRes, eng, naive, abRes, simple []result
+	var read, target, both, sinkRes, eng, naive, abRes, simple []result
 	for rep := range b.reps {
 		if !phases["catchup"] && !phases["mem"] && !phases["latency"] {
 			break
@@ -268,6 +268,8 @@ func main() {
 		read = append(read, b.rawRead(ctx, b.n))
 		b.logf("rep %d: raw target", rep+1)
 		target = append(target, b.rawTarget(ctx, b.redis.addr, b.n, b.maxEvents))
+		b.logf("rep %d: both ceilings at once", rep+1)
+		both = append(both, b.bothCeilings(ctx, b.n))
 		if *abBin != "" || *abEnv != "" {
 			a, aEnv := b.sinkBin, b.sinkEnv
 			bb := cmpOr(*abBin, a)
@@ -301,7 +303,7 @@ func main() {
 		naive = append(naive, b.naive(ctx, b.redis.addr, *naiveN))
 	}
 	if len(read) > 0 {
-		b.catchUpTable("Catch-up on loopback", read, target, sinkRes, eng, naive, simple)
+		b.catchUpTable("Catch-up on loopback", read, target, both, sinkRes, eng, naive, simple)
 		if len(abRes) > 0 {
 			fmt.Fprintf(b.out, "\nA/B: B = %s %s\n\n| | events/s | MB/s | notes |\n|---|---:|---:|---|\n", *abEnv, cmpOr(*abBin, b.sinkBin))
 			b.row("A (sink under test)", sinkRes, fmt.Sprintf("CPU %s s, peak RSS %s MB", spread(sinkRes, cpuPer(func(r result) time.Duration { return r.cpu }), "%.2f"), spread(sinkRes, func(r result) float64 { return float64(r.rss) / 1e6 }, "%.0f")))
@@ -333,7 +335,7 @@ func main() {
 			lNaive = append(lNaive, b.naive(ctx, px.addr(), *latNaiveN))
 		}
 		px.close()
-		b.catchUpTable(fmt.Sprintf("Catch-up with %s added round trip to Redis (delay proxy, %s each way)", *latency, *latency/2), read, lTarget, lSink, nil, lNaive, lSimple)
+		b.catchUpTable(fmt.Sprintf("Catch-up with %s added round trip to Redis (delay proxy, %s each way)", *latency, *latency/2), read, lTarget, nil, lSink, nil, lNaive, lSimple)
 		if len(lBig) > 0 {
 			fmt.Fprintf(b.out, "\nThe same sink with larger batches (%s), through the same proxy:\n\n| | events/s | MB/s | notes |\n|---|---:|---:|---|\n", bigBatch)
 			b.row("sink-cache binary, larger batches", lBig, fmt.Sprintf("peak RSS %s MB, CPU %s s, avg batch %s",
@@ -524,13 +526,16 @@ func cpuPer(f func(result) time.Duration) func(result) float64 {
 	return func(r result) float64 { return f(r).Seconds() }
 }
 
-func (b *bench) catchUpTable(title string, read, target, sinkRes, eng, naive, simple []result) {
+func (b *bench) catchUpTable(title string, read, target, both, sinkRes, eng, naive, simple []result) {
 	w := b.out
 	fmt.Fprintf(w, "\n## %s\n\n", title)
 	fmt.Fprintln(w, "| | events/s | MB/s | notes |")
 	fmt.Fprintln(w, "|---|---:|---:|---|")
 	b.row("ceiling: raw ordered-consumer read (read and discard)", read, "driver CPU "+spread(read, cpuPer(func(r result) time.Duration { return r.driver }), "%.1fs"))
 	b.row(fmt.Sprintf("ceiling: raw target, MULTI/EXEC of %d events back to back", b.maxEvents), target, "redis CPU "+spread(target, cpuPer(func(r result) time.Duration { return r.redis }), "%.1fs"))
+	if len(both) > 0 {
+		b.row("both ceilings at once: the raw read and the raw target running side by side (n / the slower one's time)", both, "")
+	}
 	b.row("**sink-cache binary**, position 0 → head", sinkRes, fmt.Sprintf("peak RSS %s MB, CPU %s s, redis CPU %s s, driver CPU %s s, avg batch %s",
 		spread(sinkRes, func(r result) float64 { return float64(r.rss) / 1e6 }, "%.0f"),
 		spread(sinkRes, cpuPer(func(r result) time.Duration { return r.cpu }), "%.1f"),
@@ -544,6 +549,9 @@ func (b *bench) catchUpTable(title string, read, target, sinkRes, eng, naive, si
 	b.row(fmt.Sprintf("naive: 1 round trip per event (%d events)", naive[0].events), naive, "")
 	ceil := minOf(rates(read), rates(target))
 	fmt.Fprintf(w, "\nefficiency sink / min(ceilings) = **%.2f** (per repetition: %s)\n", ratio(rates(sinkRes), ceil), perRep(rates(sinkRes), ceil))
+	if len(both) > 0 {
+		fmt.Fprintf(w, "sink / both ceilings at once = %.2f (per repetition: %s): how close the sink comes to the two raw jobs sharing this machine\n", ratio(rates(sinkRes), rates(both)), perRep(rates(sinkRes), rates(both)))
+	}
 	fmt.Fprintf(w, "batched / naive = **%.1f×** (per repetition: %s)\n", ratio(rates(sinkRes), rates(naive)), perRep(rates(sinkRes), rates(naive)))
 	fmt.Fprintf(w, "sink / simple batched = %.2f (per repetition: %s)\n", ratio(rates(sinkRes), rates(simple)), perRep(rates(sinkRes), rates(simple)))
 	if len(eng) > 0 {
