@@ -3,8 +3,11 @@ module github.com/jetsync/jetsync/bench
 go 1.26.8
 
 require (
+	github.com/aws/aws-sdk-go-v2 v1.48.0
+	github.com/aws/aws-sdk-go-v2/service/kinesis v1.56.13
 	github.com/jetsync/jetsync/pkg v0.0.0
 	github.com/jetsync/jetsync/services/sink-cache v0.0.0
+	github.com/jetsync/jetsync/services/sink-kinesis v0.0.0
 	github.com/nats-io/nats-server/v2 v2.15.2
 	github.com/nats-io/nats.go v1.55.0
 	github.com/redis/go-redis/v9 v9.23.0
@@ -12,6 +15,11 @@ require (
 
 require (
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
+	github.com/aws/aws-sdk-go-v2/aws/protocol/eventstream v1.7.27 // indirect
+	github.com/aws/aws-sdk-go-v2/credentials v1.21.0 // indirect
+	github.com/aws/aws-sdk-go-v2/internal/configsources v1.5.12 // indirect
+	github.com/aws/aws-sdk-go-v2/internal/endpoints/v2 v2.8.12 // indirect
+	github.com/aws/smithy-go v1.28.9 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/dustin/go-humanize v1.1.0 // indirect
@@ -39,4 +47,5 @@ require (
 replace (
 	github.com/jetsync/jetsync/pkg => ../pkg
 	github.com/jetsync/jetsync/services/sink-cache => ../services/sink-cache
+	github.com/jetsync/jetsync/services/sink-kinesis => ../services/sink-kinesis
 )

@@ -49,10 +49,9 @@ var shared struct {
 // A server that cannot be had fails the test; nothing is skipped.
 func Elasticsearch(t testing.TB) string {
 	t.Helper()
-	if u := os.Getenv("ES_URL"); u != "" {
-		u = strings.TrimRight(u, "/")
-		if _, err := ElasticsearchVersion(u); err != nil {
-			t.Fatalf("ES_URL=%s is not a usable Elasticsearch 8 server: %v", u, err)
+	if u, err := externalElasticsearch(); u != "" || err != nil {
+		if err != nil {
+			t.Fatal(err)
 		}
 		return u
 	}
@@ -82,6 +81,34 @@ func Elasticsearch(t testing.TB) string {
 		t.Fatalf("the shared test Elasticsearch was stopped (StopElasticsearch) and is not started again")
 	}
 	return shared.url
+}
+
+// externalElasticsearch is the server at ES_URL, checked to answer as
+// Elasticsearch 8; "" when ES_URL is unset.
+func externalElasticsearch() (string, error) {
+	u := strings.TrimRight(os.Getenv("ES_URL"), "/")
+	if u == "" {
+		return "", nil
+	}
+	if _, err := ElasticsearchVersion(u); err != nil {
+		return "", fmt.Errorf("ES_URL=%s is not a usable Elasticsearch 8 server: %v", u, err)
+	}
+	return u, nil
+}
+
+// StartElasticsearch is Elasticsearch for a program that is not a test (a
+// benchmark): the server at ES_URL if that is set (stop then does nothing),
+// else a node of its own on a free port with its home in dir, which stop
+// shuts down. The node also stops, and deletes dir, when this process
+// exits. The error names what is missing when the node cannot start.
+func StartElasticsearch(dir string) (url string, stop func(), err error) {
+	if u, err := externalElasticsearch(); u != "" || err != nil {
+		return u, func() {}, err
+	}
+	if url, _, err = startES(dir, true); err != nil {
+		return "", nil, err
+	}
+	return url, func() { _ = stopES(dir) }, nil
 }
 
 // StopElasticsearch stops the node that Elasticsearch started for this test

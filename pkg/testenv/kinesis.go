@@ -34,8 +34,7 @@ type KinesisServer struct {
 	external bool
 	port     int
 	dir      string
-	cmd      *exec.Cmd
-	exited   chan struct{}
+	proc     *kinesalite
 }
 
 // Kinesalite returns a Kinesis-compatible server for this test: the one at
@@ -46,30 +45,62 @@ type KinesisServer struct {
 // cannot be had fails the test; nothing is skipped.
 func Kinesalite(t testing.TB) *KinesisServer {
 	t.Helper()
-	if ep := os.Getenv("KINESIS_ENDPOINT"); ep != "" {
-		u, err := url.Parse(ep)
-		if err != nil || u.Host == "" {
-			t.Fatalf("KINESIS_ENDPOINT=%q is not a URL like http://127.0.0.1:4567", ep)
-		}
-		host := u.Host
-		if u.Port() == "" {
-			port := "80"
-			if u.Scheme == "https" {
-				port = "443"
-			}
-			host = net.JoinHostPort(u.Hostname(), port)
-		}
-		c, err := net.DialTimeout("tcp", host, 5*time.Second)
+	if ep, err := externalKinesis(); ep != "" || err != nil {
 		if err != nil {
-			t.Fatalf("KINESIS_ENDPOINT=%s does not accept connections: %v", ep, err)
+			t.Fatal(err)
 		}
-		c.Close()
 		return &KinesisServer{URL: ep, t: t, external: true}
 	}
 	k := &KinesisServer{t: t, dir: t.TempDir()}
 	k.Start()
 	t.Cleanup(k.Stop)
 	return k
+}
+
+// StartKinesalite is Kinesalite for a program that is not a test (a
+// benchmark): the server at KINESIS_ENDPOINT if that is set (stop then does
+// nothing), else a kinesalite of its own on a free port with its store and
+// log in dir, which stop shuts down. The error names what is missing when
+// it cannot start.
+func StartKinesalite(dir string) (url string, stop func(), err error) {
+	if ep, err := externalKinesis(); ep != "" || err != nil {
+		return ep, func() {}, err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", nil, err
+	}
+	p, err := runKinesalite(dir, 0)
+	if err != nil {
+		return "", nil, err
+	}
+	return p.url(), p.stop, nil
+}
+
+// externalKinesis is the server at KINESIS_ENDPOINT, checked to accept
+// connections; "" when KINESIS_ENDPOINT is unset.
+func externalKinesis() (string, error) {
+	ep := os.Getenv("KINESIS_ENDPOINT")
+	if ep == "" {
+		return "", nil
+	}
+	u, err := url.Parse(ep)
+	if err != nil || u.Host == "" {
+		return "", fmt.Errorf("KINESIS_ENDPOINT=%q is not a URL like http://127.0.0.1:4567", ep)
+	}
+	host := u.Host
+	if u.Port() == "" {
+		port := "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+		host = net.JoinHostPort(u.Hostname(), port)
+	}
+	c, err := net.DialTimeout("tcp", host, 5*time.Second)
+	if err != nil {
+		return "", fmt.Errorf("KINESIS_ENDPOINT=%s does not accept connections: %v", ep, err)
+	}
+	c.Close()
+	return ep, nil
 }
 
 // Start (re)starts a local server on its port and store and waits until it
@@ -80,47 +111,14 @@ func (k *KinesisServer) Start() {
 	if k.external {
 		k.t.Fatalf("KinesisServer.Start: the server at KINESIS_ENDPOINT=%s is not ours to start; unset KINESIS_ENDPOINT for a local kinesalite", k.URL)
 	}
-	if k.cmd != nil {
+	if k.proc != nil {
 		return
 	}
-	node, err := exec.LookPath("node")
+	p, err := runKinesalite(k.dir, k.port)
 	if err != nil {
-		k.t.Fatalf("node not found: %s", kinesaliteInstallHint)
+		k.t.Fatal(err)
 	}
-	dir := kinesaliteDir(k.t)
-	logf, err := os.OpenFile(filepath.Join(k.dir, "kinesalite.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		k.t.Fatalf("kinesalite log: %v", err)
-	}
-	listening := newLineWatch(logf)
-	cmd := exec.Command(node, filepath.Join(dir, "server.js"), strconv.Itoa(k.port))
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(),
-		"KINESALITE_PATH="+filepath.Join(k.dir, "leveldb"),
-		"KINESALITE_OWNER_PID="+strconv.Itoa(os.Getpid()))
-	cmd.Stdout = listening
-	cmd.Stderr = logf
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		k.t.Fatalf("starting kinesalite: %v", err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); logf.Close(); close(exited) }()
-
-	select {
-	case port := <-listening.port:
-		k.port = port
-		k.URL = "http://127.0.0.1:" + strconv.Itoa(port)
-		k.cmd, k.exited = cmd, exited
-	case <-exited:
-		log, _ := os.ReadFile(filepath.Join(k.dir, "kinesalite.log"))
-		k.t.Fatalf("kinesalite exited before listening on port %d; its log:\n%s", k.port, log)
-	case <-time.After(30 * time.Second):
-		_ = cmd.Process.Kill()
-		<-exited
-		log, _ := os.ReadFile(filepath.Join(k.dir, "kinesalite.log"))
-		k.t.Fatalf("kinesalite did not listen within 30s; its log:\n%s", log)
-	}
+	k.proc, k.port, k.URL = p, p.port, p.url()
 }
 
 // Local reports whether the server is a kinesalite of this test's own
@@ -133,17 +131,77 @@ func (k *KinesisServer) Stop() {
 	if k.external {
 		k.t.Fatalf("KinesisServer.Stop: the server at KINESIS_ENDPOINT=%s is not ours to stop; unset KINESIS_ENDPOINT for a local kinesalite", k.URL)
 	}
-	if k.cmd == nil {
+	if k.proc == nil {
 		return
 	}
-	_ = k.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-k.exited:
-	case <-time.After(10 * time.Second):
-		_ = k.cmd.Process.Kill()
-		<-k.exited
+	k.proc.stop()
+	k.proc = nil
+}
+
+// kinesalite is a running testenv/kinesalite server process.
+type kinesalite struct {
+	port   int
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+func (p *kinesalite) url() string { return "http://127.0.0.1:" + strconv.Itoa(p.port) }
+
+// runKinesalite starts testenv/kinesalite on port (0: a free one) with its
+// LevelDB store and log in dir, and waits until it listens. It stops by
+// itself when this process exits.
+func runKinesalite(dir string, port int) (*kinesalite, error) {
+	node, err := exec.LookPath("node")
+	if err != nil {
+		return nil, fmt.Errorf("node not found: %s", kinesaliteInstallHint)
 	}
-	k.cmd = nil
+	kdir, err := kinesaliteDir()
+	if err != nil {
+		return nil, fmt.Errorf("preparing kinesalite: %v", err)
+	}
+	logPath := filepath.Join(dir, "kinesalite.log")
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("kinesalite log: %v", err)
+	}
+	listening := newLineWatch(logf)
+	cmd := exec.Command(node, filepath.Join(kdir, "server.js"), strconv.Itoa(port))
+	cmd.Dir = kdir
+	cmd.Env = append(os.Environ(),
+		"KINESALITE_PATH="+filepath.Join(dir, "leveldb"),
+		"KINESALITE_OWNER_PID="+strconv.Itoa(os.Getpid()))
+	cmd.Stdout = listening
+	cmd.Stderr = logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("starting kinesalite: %v", err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); logf.Close(); close(exited) }()
+
+	select {
+	case port := <-listening.port:
+		return &kinesalite{port: port, cmd: cmd, exited: exited}, nil
+	case <-exited:
+		log, _ := os.ReadFile(logPath)
+		return nil, fmt.Errorf("kinesalite exited before listening on port %d; its log:\n%s", port, log)
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		<-exited
+		log, _ := os.ReadFile(logPath)
+		return nil, fmt.Errorf("kinesalite did not listen within 30s; its log:\n%s", log)
+	}
+}
+
+// stop shuts the server down gracefully (it closes its LevelDB store).
+func (p *kinesalite) stop() {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	}
 }
 
 var kinesaliteSetup struct {
@@ -153,17 +211,13 @@ var kinesaliteSetup struct {
 }
 
 // kinesaliteDir returns testenv/kinesalite with its node_modules installed
-// (`npm ci`, once per test binary, under a file lock shared with test
+// (`npm ci`, once per process, under a file lock shared with test
 // binaries running in parallel).
-func kinesaliteDir(t testing.TB) string {
-	t.Helper()
+func kinesaliteDir() (string, error) {
 	kinesaliteSetup.once.Do(func() {
 		kinesaliteSetup.dir, kinesaliteSetup.err = setupKinesalite()
 	})
-	if kinesaliteSetup.err != nil {
-		t.Fatalf("preparing kinesalite: %v", kinesaliteSetup.err)
-	}
-	return kinesaliteSetup.dir
+	return kinesaliteSetup.dir, kinesaliteSetup.err
 }
 
 func setupKinesalite() (string, error) {

@@ -343,33 +343,114 @@ func waitHTTP(url string, timeout time.Duration, p *proc) error {
 	return fmt.Errorf("%s did not answer 200 within %s", url, timeout)
 }
 
-// buildBinaries builds the bridge and sink-cache into dir from the
-// repository at root, as `make build` does.
-func buildBinaries(root, dir string) error {
-	cmd := exec.Command("go", "build", "-o", dir+"/", "./services/bridge", "./services/sink-cache")
+// buildBinaries builds the bridge and the given sinks' binaries (sink-cache,
+// sink-es, ...) into dir from the repository at root, as `make build` does.
+func buildBinaries(root, dir string, sinks []string) error {
+	args := []string{"build", "-o", dir + "/", "./services/bridge"}
+	for _, s := range sinks {
+		args = append(args, "./services/"+s)
+	}
+	cmd := exec.Command("go", args...)
 	cmd.Dir = root
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	return cmd.Run()
+}
+
+// cpLog records when each checkpoint value of a sink became visible, fed
+// by a watcher of wherever the sink keeps its checkpoint (Redis for
+// sink-cache, NATS KV for sink-es and sink-kinesis). Catch-ups wait on it;
+// live runs ask it when each appended position became visible.
+type cpLog struct {
+	last atomic.Uint64
+	mu   sync.Mutex
+	gen  int // bumped by reset
+	log  []visible
+}
+
+type visible struct {
+	at time.Time
+	cp uint64
+}
+
+// generation is what record needs to drop a value seen before a reset.
+func (l *cpLog) generation() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.gen
+}
+
+// record notes that cp was visible at at, unless a reset came in between
+// (a late notification of the previous phase).
+func (l *cpLog) record(gen int, at time.Time, cp uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.gen == gen {
+		l.log = append(l.log, visible{at, cp})
+		l.last.Store(cp)
+	}
+}
+
+// reset forgets what was seen (a new phase).
+func (l *cpLog) reset() {
+	l.mu.Lock()
+	l.gen++
+	l.log = nil
+	l.last.Store(0)
+	l.mu.Unlock()
+}
+
+// waitFor waits until the checkpoint reaches pos and returns when it
+// became visible.
+func (l *cpLog) waitFor(pos uint64, timeout time.Duration, alive func() error) (time.Time, error) {
+	deadline := time.Now().Add(timeout)
+	for l.last.Load() < pos {
+		if time.Now().After(deadline) {
+			return time.Time{}, fmt.Errorf("checkpoint %d did not reach %d within %s", l.last.Load(), pos, timeout)
+		}
+		if alive != nil {
+			if err := alive(); err != nil {
+				return time.Time{}, err
+			}
+		}
+		time.Sleep(time.Millisecond)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, v := range l.log {
+		if v.cp >= pos {
+			return v.at, nil
+		}
+	}
+	return time.Now(), nil
+}
+
+// visibleAt returns, for each position, when it became visible (zero when
+// never), given positions sorted ascending.
+func (l *cpLog) visibleAt(positions []uint64) []time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]time.Time, len(positions))
+	j := 0
+	for i, p := range positions {
+		for j < len(l.log) && l.log[j].cp < p {
+			j++
+		}
+		if j < len(l.log) {
+			out[i] = l.log[j].at
+		}
+	}
+	return out
 }
 
 // watcher sees when a sink's checkpoint moves in Redis, through keyspace
 // notifications on the checkpoint key: the moment a batch and its
 // checkpoint become visible to readers (they commit in one MULTI/EXEC).
 type watcher struct {
-	rdb *redis.Client
-	key string
-	ps  *redis.PubSub
-
-	last atomic.Uint64
-	mu   sync.Mutex
-	gen  int // bumped by reset
-	log  []visible
+	cpLog
+	rdb  *redis.Client
+	key  string
+	ps   *redis.PubSub
 	done chan struct{}
-}
-
-type visible struct {
-	at time.Time
-	cp uint64
 }
 
 func newWatcher(ctx context.Context, rdb *redis.Client, key string) (*watcher, error) {
@@ -396,75 +477,16 @@ func newWatcher(ctx context.Context, rdb *redis.Client, key string) (*watcher, e
 					drained = true
 				}
 			}
-			w.mu.Lock()
-			gen := w.gen
-			w.mu.Unlock()
+			gen := w.generation()
 			s, err := rdb.Get(context.Background(), key).Result()
 			if err != nil {
 				continue
 			}
 			cp, _ := strconv.ParseUint(s, 10, 64)
-			w.mu.Lock()
-			if w.gen == gen { // not a late notification of the previous phase
-				w.log = append(w.log, visible{at, cp})
-				w.last.Store(cp)
-			}
-			w.mu.Unlock()
+			w.record(gen, at, cp)
 		}
 	}()
 	return w, nil
-}
-
-// reset forgets what was seen (a new phase).
-func (w *watcher) reset() {
-	w.mu.Lock()
-	w.gen++
-	w.log = nil
-	w.last.Store(0)
-	w.mu.Unlock()
-}
-
-// waitFor waits until the checkpoint reaches pos and returns when it
-// became visible.
-func (w *watcher) waitFor(pos uint64, timeout time.Duration, alive func() error) (time.Time, error) {
-	deadline := time.Now().Add(timeout)
-	for w.last.Load() < pos {
-		if time.Now().After(deadline) {
-			return time.Time{}, fmt.Errorf("checkpoint %d did not reach %d within %s", w.last.Load(), pos, timeout)
-		}
-		if alive != nil {
-			if err := alive(); err != nil {
-				return time.Time{}, err
-			}
-		}
-		time.Sleep(time.Millisecond)
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, v := range w.log {
-		if v.cp >= pos {
-			return v.at, nil
-		}
-	}
-	return time.Now(), nil
-}
-
-// visibleAt returns, for each position, when it became visible (zero when
-// never), given positions sorted ascending.
-func (w *watcher) visibleAt(positions []uint64) []time.Time {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	out := make([]time.Time, len(positions))
-	j := 0
-	for i, p := range positions {
-		for j < len(w.log) && w.log[j].cp < p {
-			j++
-		}
-		if j < len(w.log) {
-			out[i] = w.log[j].at
-		}
-	}
-	return out
 }
 
 func (w *watcher) close() {

@@ -1,18 +1,29 @@
 // Command jetbench measures jetsync end to end on this machine, in one run:
 // the bridge's NDJSON import and batched HTTP appends against the raw
-// JetStream publish rate; each sink's catch-up from position 0 against the
+// JetStream publish rate; sink-cache's catch-up from position 0 against the
 // two ceilings (raw ordered-consumer reads, raw pipelined target writes) and
 // against a naive one-round-trip-per-event synchroniser, on loopback and
 // with added round-trip latency to the target; a sweep of batch size and
 // flush interval (throughput against append-to-visible delay); and live
 // append-to-visible delay percentiles through the bridge.
 //
+// For the Elasticsearch and Kinesis sinks (-sinks es,kinesis, on by
+// default) it measures, in the catchup phase, the sink-es / sink-kinesis
+// binary's catch-up over the first -other-n events against the raw read
+// ceiling and the raw target (a `_bulk` loader; sequential PutRecords of
+// 500), and in the live phase their append-to-visible delay, visible being
+// their checkpoint in NATS KV covering the event.
+//
 // It starts its own servers: nats-server in this process (JetStream, file
-// store in a temp dir) and redis-server on a free port (persistence off);
-// it builds and runs the bridge and sink-cache binaries as processes.
+// store in a temp dir), redis-server on a free port (persistence off), and
+// for es and kinesis Elasticsearch 8 and kinesalite as the tests do
+// (pkg/testenv; they need Java 17 + Maven and Node.js + npm, or ES_URL and
+// KINESIS_ENDPOINT, and jetbench fails naming what is missing); it builds
+// and runs the bridge and the sink binaries as processes.
 //
 //	go run ./bench/cmd/jetbench -n 1000000      # make bench
-//	go run ./bench/cmd/jetbench -n 50000 -reps 1 # a quick check, < 2 minutes
+//	go run ./bench/cmd/jetbench -n 50000 -reps 1 # a quick check, a few minutes
+//	go run ./bench/cmd/jetbench -sinks cache     # Redis only: no Java, no Node.js
 package main
 
 import (
@@ -46,6 +57,7 @@ type bench struct {
 	interval                  time.Duration
 
 	dir, bin, ndjson string
+	sinks            []string // -sinks: cache, es, kinesis
 	sinkBin          string
 	sinkEnv          string
 	ns               *server.Server
@@ -92,7 +104,9 @@ func main() {
 	flag.IntVar(&b.streams, "streams", 10_000, "event streams (aggregates) the events are spread over")
 	flag.IntVar(&b.payload, "payload", 250, "bytes of event data JSON")
 	flag.IntVar(&b.reps, "reps", 3, "repetitions of each catch-up and ingest measure; medians are reported")
-	sinks := flag.String("sinks", "cache", "sinks to measure, comma-separated (implemented: cache)")
+	sinks := flag.String("sinks", "cache,es,kinesis", "sinks to measure, comma-separated: cache (Redis), es (Elasticsearch 8: needs Java 17 and Maven, or ES_URL), kinesis (kinesalite: needs Node.js and npm, or KINESIS_ENDPOINT)")
+	otherN := flag.Int("other-n", 200_000, "events the es and kinesis catch-ups cover (at most -n): those targets are ~10x slower than Redis")
+	otherRate := flag.Int("other-live-rate", 1000, "events/s appended in the es and kinesis live runs through the bridge; 0 skips them")
 	naiveN := flag.Int("naive-n", 50_000, "events the naive synchroniser applies on loopback")
 	latency := flag.Duration("latency", time.Millisecond, "round trip added to the target by a delay proxy (half each way); 0 skips")
 	latNaiveN := flag.Int("latency-naive-n", 3_000, "events the naive synchroniser applies through the delay proxy")
@@ -117,16 +131,16 @@ func main() {
 	flag.StringVar(&b.sinkBin, "sink-bin", "", "run this binary in place of sink-cache (e.g. bench/cmd/sinkprof for a profile)")
 	keep := flag.Bool("keep", false, "keep the temp dir (NATS store, configs, NDJSON)")
 	outFile := flag.String("o", "", "also write the report to this file")
-	phaseList := flag.String("phases", "ingest,catchup,latency,mem,sweep,live,append", "what to run, comma-separated")
+	phaseList := flag.String("phases", "ingest,catchup,latency,mem,sweep,live,append", "what to run, comma-separated; es and kinesis take part in catchup and live, the other phases are cache's")
 	flag.Parse()
 
-	for _, s := range strings.Split(*sinks, ",") {
-		if s != "cache" {
-			fmt.Fprintf(os.Stderr, "jetbench: -sinks: %q is not implemented here; implemented: cache\n", s)
-			os.Exit(2)
-		}
+	selected, err := parseSinks(*sinks)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "jetbench: -sinks: %v\n", err)
+		os.Exit(2)
 	}
-	var err error
+	cacheOn := slices.Contains(selected, "cache")
+	b.sinks = selected
 	if bs, err := config.ParseByteSize(*maxBytes); err != nil {
 		fmt.Fprintf(os.Stderr, "jetbench: -max-bytes: %v\n", err)
 		os.Exit(2)
@@ -137,7 +151,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "jetbench: -n must be at least 1000 and -reps at least 1")
 		os.Exit(2)
 	}
-	*naiveN, *latNaiveN = min(*naiveN, b.n), min(*latNaiveN, b.n)
+	*naiveN, *latNaiveN, *otherN = min(*naiveN, b.n), min(*latNaiveN, b.n), min(*otherN, b.n)
 	small := b.n < 500_000 // a quick check: shorter fixed-length phases
 	for _, d := range []struct {
 		p           *time.Duration
@@ -173,6 +187,11 @@ func main() {
 	if !phases["ingest"] {
 		b.reps = max(b.reps, 1)
 	}
+	if !cacheOn { // the other phases are cache's
+		for _, p := range []string{"latency", "mem", "sweep"} {
+			phases[p] = false
+		}
+	}
 
 	var report strings.Builder
 	b.out = io.MultiWriter(os.Stdout, &report)
@@ -190,9 +209,14 @@ func main() {
 			b.fatalf("%v", err)
 		}
 		b.bin = filepath.Join(b.dir, "bin")
-		b.logf("building bridge and sink-cache")
-		if err := buildBinaries(root, b.bin); err != nil {
+		b.logf("building bridge and %s", strings.Join(sinkBinaries(selected), ", "))
+		if err := buildBinaries(root, b.bin, sinkBinaries(selected)); err != nil {
 			b.fatalf("building: %v", err)
+		}
+	}
+	for _, name := range append([]string{"bridge"}, sinkBinaries(selected)...) {
+		if _, err := os.Stat(filepath.Join(b.bin, name)); err != nil {
+			b.fatalf("-bin %s: no %s binary there (go build -o DIR/ ./services/%s)", b.bin, name, name)
 		}
 	}
 	if b.sinkBin == "" {
@@ -219,6 +243,19 @@ func main() {
 	b.rdb = redis.NewClient(&redis.Options{Addr: b.redis.addr})
 	if b.watch, err = newWatcher(ctx, b.rdb, cpKey); err != nil {
 		b.fatalf("watching the checkpoint: %v", err)
+	}
+
+	// The es and kinesis sinks' servers start only when a phase of theirs
+	// runs (so -sinks cache never needs Java or Node.js), and before
+	// anything is measured: a server that cannot start fails the run at
+	// once, not after the cache phases.
+	others := map[string]*kvSink{}
+	if phases["catchup"] || phases["live"] {
+		for _, kind := range selected {
+			if kind != "cache" {
+				others[kind] = b.newKVSink(ctx, kind, b.startTarget(ctx, kind))
+			}
+		}
 	}
 
 	b.logf("generating %d events over %d streams", b.n, b.streams)
@@ -261,7 +298,7 @@ func main() {
 	// Catch-up on loopback.
 	var read, target, both, sinkRes, eng, naive, abRes, simple []result
 	for rep := range b.reps {
-		if !phases["catchup"] && !phases["mem"] && !phases["latency"] {
+		if !cacheOn || !phases["catchup"] && !phases["mem"] && !phases["latency"] {
 			break
 		}
 		b.logf("rep %d: raw read", rep+1)
@@ -276,20 +313,20 @@ func main() {
 			runB := func() {
 				b.sinkBin, b.sinkEnv = bb, *abEnv
 				b.logf("rep %d: B sink catch-up (%s %s)", rep+1, *abEnv, bb)
-				abRes = append(abRes, b.sinkCatchUp(ctx, b.redis.addr, b.n, bs))
+				abRes = append(abRes, b.sinkCatchUp(ctx, b.cacheSink(b.redis.addr), b.n, bs))
 				b.sinkBin, b.sinkEnv = a, aEnv
 			}
 			if rep%2 == 0 {
 				runB()
 			}
 			b.logf("rep %d: sink-cache binary catch-up", rep+1)
-			sinkRes = append(sinkRes, b.sinkCatchUp(ctx, b.redis.addr, b.n, bs))
+			sinkRes = append(sinkRes, b.sinkCatchUp(ctx, b.cacheSink(b.redis.addr), b.n, bs))
 			if rep%2 == 1 {
 				runB()
 			}
 		} else {
 			b.logf("rep %d: sink-cache binary catch-up", rep+1)
-			sinkRes = append(sinkRes, b.sinkCatchUp(ctx, b.redis.addr, b.n, bs))
+			sinkRes = append(sinkRes, b.sinkCatchUp(ctx, b.cacheSink(b.redis.addr), b.n, bs))
 		}
 		prof := ""
 		if *profile != "" && rep == b.reps-1 {
@@ -312,6 +349,14 @@ func main() {
 		}
 	}
 
+	if phases["catchup"] {
+		for _, kind := range selected {
+			if s := others[kind]; s != nil {
+				b.otherCatchUpTable(b.otherCatchUp(ctx, s, *otherN, bs))
+			}
+		}
+	}
+
 	if *latency > 0 && phases["latency"] {
 		px, err := startProxy(b.redis.addr, *latency/2)
 		if err != nil {
@@ -324,10 +369,10 @@ func main() {
 			b.logf("rep %d: +%s: raw target", rep+1, *latency)
 			lTarget = append(lTarget, b.rawTarget(ctx, px.addr(), b.n, b.maxEvents))
 			b.logf("rep %d: +%s: sink-cache binary catch-up", rep+1, *latency)
-			lSink = append(lSink, b.sinkCatchUp(ctx, px.addr(), b.n, bs))
+			lSink = append(lSink, b.sinkCatchUp(ctx, b.cacheSink(px.addr()), b.n, bs))
 			if *latEvents > 0 {
 				b.logf("rep %d: +%s: sink-cache binary catch-up, %s", rep+1, *latency, bigBatch)
-				lBig = append(lBig, b.sinkCatchUp(ctx, px.addr(), b.n, bigBatch))
+				lBig = append(lBig, b.sinkCatchUp(ctx, b.cacheSink(px.addr()), b.n, bigBatch))
 			}
 			b.logf("rep %d: +%s: simple batched synchroniser", rep+1, *latency)
 			lSimple = append(lSimple, b.simpleBatched(ctx, px.addr(), b.n, b.maxEvents))
@@ -352,7 +397,7 @@ func main() {
 		b.logf("memory: sink-cache with %s", big)
 		var m []result
 		for range min(b.reps, 2) {
-			m = append(m, b.sinkCatchUp(ctx, b.redis.addr, b.n, big))
+			m = append(m, b.sinkCatchUp(ctx, b.cacheSink(b.redis.addr), b.n, big))
 		}
 		b.logf("memory: idle sink-cache")
 		idle := b.idleRSS(ctx, bs)
@@ -363,21 +408,31 @@ func main() {
 		b.sweepTable(ctx, *sweepTime, *sweepLive, max(*liveRate, 1000))
 	}
 
-	if !phases["live"] {
+	if !phases["live"] || !cacheOn {
 		*liveRate = 0
+	}
+	if !phases["live"] || len(others) == 0 {
+		*otherRate = 0
 	}
 	if !phases["append"] {
 		*appendN = 0
 	}
-	if *liveRate > 0 || *appendN > 0 {
+	if *liveRate > 0 || *otherRate > 0 || *appendN > 0 {
 		bp, url := b.startBridge()
 		if *liveRate > 0 {
 			var ls []latencies
 			for _, r := range rateList {
 				b.logf("live: %d events/s through the bridge for %s", r, *liveDur)
-				ls = append(ls, b.sinkLive(ctx, url, bs, r, *liveDur))
+				ls = append(ls, b.sinkLive(ctx, b.cacheSink(b.redis.addr), url, bs, r, *liveDur))
 			}
-			b.liveTable(rateList, *liveDur, bs, ls)
+			b.liveTable("cache", rateList, *liveDur, bs, ls, cacheVisible)
+		}
+		for _, kind := range selected {
+			if s := others[kind]; s != nil && *otherRate > 0 {
+				b.logf("live: %s, %d events/s through the bridge for %s", s.name(), *otherRate, *liveDur)
+				l := b.sinkLive(ctx, s, url, bs, *otherRate, *liveDur)
+				b.liveTable(kind, []int{*otherRate}, *liveDur, bs, []latencies{l}, kvVisible(kind))
+			}
 		}
 		if *appendN > 0 {
 			b.logf("batched HTTP appends: %d events, %d per append, %d clients", *appendN, *appendBatch, *appendClients)
@@ -460,9 +515,21 @@ func (b *bench) header(ndjsonSize int64, bs batchSettings) {
 	fmt.Fprintf(w, "command: %s\n", strings.Join(os.Args, " "))
 	fmt.Fprintf(w, "workload: %d events over %d streams, data %d B avg (%.1f MB), NDJSON %.1f MB; mix %d creates, %d updates (set), %d partial updates (merge), %d deletes\n",
 		b.n, b.streams, b.rd.dataBytes[b.n]/int64(b.n), float64(b.rd.dataBytes[b.n])/1e6, float64(ndjsonSize)/1e6, b.wl.mix[0], b.wl.mix[1], b.wl.mix[2], b.wl.mix[3])
-	fmt.Fprintf(w, "servers: nats-server (in this process, JetStream file store), redis-server (--save \"\" --appendonly no); sink batches: %s\n", bs)
+	fmt.Fprintf(w, "servers: nats-server (in this process, JetStream file store), redis-server (--save \"\" --appendonly no)%s; sink batches: %s\n", b.otherServers(), bs)
 	fmt.Fprintf(w, "repetitions: %d; tables give the median and [min–max]; ratios are computed within each repetition, then the median is taken\n", b.reps)
 	fmt.Fprintf(w, "MB/s counts event data bytes (the payload JSON). CPU = user+sys. driver = this process: the load driver plus the in-process NATS server.\n")
+}
+
+// otherServers names the es and kinesis sinks' servers, for the header.
+func (b *bench) otherServers() string {
+	s := ""
+	if slices.Contains(b.sinks, "es") {
+		s += ", Elasticsearch 8 (testenv/elasticsearch/es.sh, or ES_URL)"
+	}
+	if slices.Contains(b.sinks, "kinesis") {
+		s += ", kinesalite (testenv/kinesalite, LevelDB store, or KINESIS_ENDPOINT)"
+	}
+	return s
 }
 
 func median(xs []float64) float64 {
@@ -617,19 +684,58 @@ func (b *bench) sweepTable(ctx context.Context, box, live time.Duration, rate in
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/1e6) }
 
-func (b *bench) liveTable(rates []int, dur time.Duration, bs batchSettings, ls []latencies) {
+// cacheVisible is what "visible" means in sink-cache's live table.
+const cacheVisible = "append→visible runs from when each append was due (a client falling behind counts) to the keyspace notification of the checkpoint SET that covers the event; ack→visible from the bridge's answer to that notification: the sink's own share."
+
+// kvVisible is what "visible" means in the live table of a sink whose
+// checkpoint is in NATS KV.
+func kvVisible(kind string) string {
+	s := "append→visible runs from when each append was due (a client falling behind counts) to the moment the sink's checkpoint in NATS KV (bucket " +
+		"jetsync-checkpoints, seen through a KV watch) covers the event's position; ack→visible from the bridge's answer to then: the sink's own share."
+	if kind == "es" {
+		s += " The documents are GET-able by id from then on; search visibility additionally waits for the index refresh (refresh_interval 1s)."
+	}
+	return s
+}
+
+func (b *bench) liveTable(sink string, rates []int, dur time.Duration, bs batchSettings, ls []latencies, visibleNote string) {
 	w := b.out
-	fmt.Fprintf(w, "\n## Live: single-event appends through the bridge (HTTP, 64 clients) for %s each, sink-cache binary (%s)\n\n", dur, bs)
+	fmt.Fprintf(w, "\n## Live: single-event appends through the bridge (HTTP, 64 clients) for %s each, sink-%s binary (%s)\n\n", dur, sink, bs)
 	fmt.Fprintln(w, "| sink | rate | appended | achieved events/s | append p50 | append p99 | **append→visible p50** | p90 | **p99** | max | ack→visible p50 | ack→visible p99 | avg batch |")
 	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for i, l := range ls {
-		fmt.Fprintf(w, "| cache | %d/s | %d (%d seen) | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %.1f |\n", rates[i], l.sent, l.seen, l.achieved,
+		fmt.Fprintf(w, "| %s | %d/s | %d (%d seen) | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %.1f |\n", sink, rates[i], l.sent, l.seen, l.achieved,
 			ms(l.appendP50), ms(l.appendP99), ms(l.p50), ms(l.p90), ms(l.p99), ms(l.max), ms(l.sinkP50), ms(l.sinkP99), l.avgBatch)
 		if l.description != "" {
 			fmt.Fprintln(w, "\n"+l.description)
 		}
 	}
-	fmt.Fprintln(w, "\nappend→visible runs from when each append was due (a client falling behind counts) to the keyspace notification of the checkpoint SET that covers the event; ack→visible from the bridge's answer to that notification: the sink's own share.")
+	fmt.Fprintln(w, "\n"+visibleNote)
+}
+
+// parseSinks checks -sinks: each of cache, es, kinesis at most once, in
+// the order given.
+func parseSinks(list string) ([]string, error) {
+	var out []string
+	for _, s := range strings.Split(list, ",") {
+		s = strings.TrimSpace(s)
+		if !slices.Contains([]string{"cache", "es", "kinesis"}, s) {
+			return nil, fmt.Errorf("%q is not a sink; the sinks are cache, es, kinesis", s)
+		}
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}
+
+// sinkBinaries are the binaries (and ./services dirs) of the sinks.
+func sinkBinaries(sinks []string) []string {
+	out := make([]string, len(sinks))
+	for i, s := range sinks {
+		out[i] = "sink-" + s
+	}
+	return out
 }
 
 func (b *bench) ingestTable(raw, imp, ha []result, batch, clients int) {

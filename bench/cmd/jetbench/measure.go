@@ -291,31 +291,72 @@ func (b *bench) startSink(redisAddr string, bs batchSettings) (*proc, string) {
 	return p, fmt.Sprintf("http://127.0.0.1:%d", port)
 }
 
-// sinkCatchUp times the sink-cache binary from position 0 to the head of n
-// events: from the process start to the moment the last batch is visible
-// in Redis. Its peak RSS and CPU come from the kernel's rusage.
-func (b *bench) sinkCatchUp(ctx context.Context, redisAddr string, n int, bs batchSettings) result {
-	b.flush(ctx)
-	b.watch.reset()
-	cpu0, r0 := selfCPU(), b.redis.cpu()
-	p, admin := b.startSink(redisAddr, bs)
-	at, err := b.watch.waitFor(uint64(n), time.Duration(n/1000+120)*time.Second, func() error {
+// sinkUnderTest is what running a sink binary needs to know of its target:
+// how to give it a fresh target with its checkpoint at a position, how to
+// start it, and where to see its checkpoint move. sink-cache keeps its
+// checkpoint in Redis (cacheSink), sink-es and sink-kinesis in NATS KV
+// (kvSink).
+type sinkUnderTest interface {
+	name() string // the binary's, for messages
+	// prepare empties the target and sets the checkpoint to from, so the
+	// next start begins there; it resets checkpoints.
+	prepare(ctx context.Context, from uint64)
+	start(bs batchSettings) (p *proc, admin string)
+	checkpoints() *cpLog
+	targetCPU() time.Duration // CPU of the target server so far, 0 when unknown
+}
+
+// cacheSink is the sink-cache binary writing to the Redis at addr (the
+// server, or the delay proxy in front of it).
+type cacheSink struct {
+	b    *bench
+	addr string
+}
+
+func (b *bench) cacheSink(addr string) cacheSink { return cacheSink{b, addr} }
+
+func (c cacheSink) name() string { return "sink-cache" }
+
+func (c cacheSink) prepare(ctx context.Context, from uint64) {
+	c.b.flush(ctx)
+	if from > 0 {
+		if err := c.b.rdb.Set(ctx, cpKey, from, 0).Err(); err != nil {
+			c.b.fatalf("%v", err)
+		}
+	}
+	c.b.watch.reset()
+}
+
+func (c cacheSink) start(bs batchSettings) (*proc, string) { return c.b.startSink(c.addr, bs) }
+func (c cacheSink) checkpoints() *cpLog                    { return &c.b.watch.cpLog }
+func (c cacheSink) targetCPU() time.Duration               { return c.b.redis.cpu() }
+
+// sinkCatchUp times a sink binary from position 0 to position n: from the
+// process start to the moment the checkpoint covering n is visible (for
+// sink-cache, that is when the last batch is visible in Redis: they commit
+// together). Its CPU comes from the kernel's rusage, its peak RSS from
+// VmHWM (see proc.usage).
+func (b *bench) sinkCatchUp(ctx context.Context, s sinkUnderTest, n int, bs batchSettings) result {
+	s.prepare(ctx, 0)
+	cpu0, t0 := selfCPU(), s.targetCPU()
+	p, admin := s.start(bs)
+	at, err := s.checkpoints().waitFor(uint64(n), time.Duration(n/100+120)*time.Second, func() error {
 		if p.exited() {
-			return fmt.Errorf("sink-cache exited: %s", p.out.String())
+			return fmt.Errorf("%s exited: %s", s.name(), p.out.String())
 		}
 		return nil
 	})
 	if err != nil {
 		p.stop()
-		b.fatalf("sink catch-up: %v\n%s", err, p.out.String())
+		b.fatalf("%s catch-up: %v\n%s", s.name(), err, p.out.String())
 	}
-	res := result{events: n, elapsed: at.Sub(p.start), bytes: b.rd.dataBytes[n], redis: b.redis.cpu() - r0}
+	res := result{events: n, elapsed: at.Sub(p.start), bytes: b.rd.dataBytes[n], redis: s.targetCPU() - t0}
 	res.batches = scrapeBatchSize(admin)
 	u, _ := p.stop()
 	res.cpu, res.rss, res.driver = u.cpu, u.maxRSS, selfCPU()-cpu0
 	res.slow = p.out.slowConsumers()
 	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
-		b.fatalf("sink-cache exited with %d (%s): %s", code, p.cmd.ProcessState, p.out.String())
+		b.fatalf("%s exited with %d (%s): %s", s.name(), code, p.cmd.ProcessState, p.out.String())
 	}
 	return res
 }
@@ -563,7 +604,7 @@ type liveSample struct {
 	pos        uint64
 }
 
-func summarise(samples []liveSample, w *watcher, dur time.Duration) latencies {
+func summarise(samples []liveSample, w *cpLog, dur time.Duration) latencies {
 	slices.SortFunc(samples, func(a, b liveSample) int { return int(a.pos) - int(b.pos) })
 	pos := make([]uint64, len(samples))
 	for i, s := range samples {
@@ -636,15 +677,10 @@ func (b *bench) head(ctx context.Context) uint64 {
 	return st.CachedInfo().State.LastSeq
 }
 
-// startAtHead makes the next sink start live: its checkpoint is the head.
-func (b *bench) startAtHead(ctx context.Context) uint64 {
-	b.flush(ctx)
-	h := b.head(ctx)
-	if err := b.rdb.Set(ctx, cpKey, h, 0).Err(); err != nil {
-		b.fatalf("%v", err)
-	}
-	b.watch.reset()
-	return h
+// startAtHead makes the next sink-cache (binary or engine) start live:
+// its checkpoint is the head.
+func (b *bench) startAtHead(ctx context.Context) {
+	b.cacheSink(b.redis.addr).prepare(ctx, b.head(ctx))
 }
 
 // engineLive runs the in-process engine live while events are published
@@ -688,7 +724,7 @@ func (b *bench) engineLive(ctx context.Context, bs batchSettings, rate int, dur 
 	})
 	pending.Wait()
 	_, _ = b.watch.waitFor(b.head(ctx), 30*time.Second, nil)
-	l := summarise(samples, b.watch, dur)
+	l := summarise(samples, &b.watch.cpLog, dur)
 	st := e.eng.Stats()
 	if st.Batches > 0 {
 		l.avgBatch = float64(st.Applied) / float64(st.Batches)
@@ -749,12 +785,12 @@ func (b *bench) post(c *http.Client, url, category, stream string, evs []envelop
 	return r.Positions, nil
 }
 
-// sinkLive runs the sink-cache binary live while single-event appends go
-// through the bridge's HTTP API at rate; the delay is from when an append
-// was due to when its event is visible in Redis.
-func (b *bench) sinkLive(ctx context.Context, bridgeURL string, bs batchSettings, rate int, dur time.Duration) latencies {
-	b.startAtHead(ctx)
-	p, admin := b.startSink(b.redis.addr, bs)
+// sinkLive runs a sink binary live, from the head, while single-event
+// appends go through the bridge's HTTP API at rate; the delay is from when
+// an append was due to when the sink's checkpoint covers its event.
+func (b *bench) sinkLive(ctx context.Context, s sinkUnderTest, bridgeURL string, bs batchSettings, rate int, dur time.Duration) latencies {
+	s.prepare(ctx, b.head(ctx))
+	p, admin := s.start(bs)
 	if err := waitHTTP(admin+"/readyz", 30*time.Second, p); err != nil {
 		b.fatalf("%v", err)
 	}
@@ -777,8 +813,9 @@ func (b *bench) sinkLive(ctx context.Context, bridgeURL string, bs batchSettings
 		samples = append(samples, liveSample{due: due, acked: time.Now(), pos: pos[0]})
 		mu.Unlock()
 	})
-	_, _ = b.watch.waitFor(b.head(ctx), 30*time.Second, nil)
-	l := summarise(samples, b.watch, dur)
+	cps := s.checkpoints()
+	_, _ = cps.waitFor(b.head(ctx), 30*time.Second, nil)
+	l := summarise(samples, cps, dur)
 	l.avgBatch = scrapeBatchSize(admin)
 	if n := failed.Load(); n > 0 {
 		l.description = fmt.Sprintf("%d appends failed", n)
