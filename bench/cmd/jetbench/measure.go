@@ -298,9 +298,10 @@ func (b *bench) startSink(redisAddr string, bs batchSettings) (*proc, string) {
 // (kvSink).
 type sinkUnderTest interface {
 	name() string // the binary's, for messages
-	// prepare empties the target and sets the checkpoint to from, so the
-	// next start begins there; it resets checkpoints.
-	prepare(ctx context.Context, from uint64)
+	// prepare empties the target and sets the checkpoint to 0, or with
+	// live to the stream's head (read after emptying it), so the next
+	// start begins there; it resets checkpoints.
+	prepare(ctx context.Context, live bool)
 	start(bs batchSettings) (p *proc, admin string)
 	checkpoints() *cpLog
 	targetCPU() time.Duration // CPU of the target server so far, 0 when unknown
@@ -317,10 +318,10 @@ func (b *bench) cacheSink(addr string) cacheSink { return cacheSink{b, addr} }
 
 func (c cacheSink) name() string { return "sink-cache" }
 
-func (c cacheSink) prepare(ctx context.Context, from uint64) {
+func (c cacheSink) prepare(ctx context.Context, live bool) {
 	c.b.flush(ctx)
-	if from > 0 {
-		if err := c.b.rdb.Set(ctx, cpKey, from, 0).Err(); err != nil {
+	if live {
+		if err := c.b.rdb.Set(ctx, cpKey, c.b.head(ctx), 0).Err(); err != nil {
 			c.b.fatalf("%v", err)
 		}
 	}
@@ -337,7 +338,7 @@ func (c cacheSink) targetCPU() time.Duration               { return c.b.redis.cp
 // together). Its CPU comes from the kernel's rusage, its peak RSS from
 // VmHWM (see proc.usage).
 func (b *bench) sinkCatchUp(ctx context.Context, s sinkUnderTest, n int, bs batchSettings) result {
-	s.prepare(ctx, 0)
+	s.prepare(ctx, false)
 	cpu0, t0 := selfCPU(), s.targetCPU()
 	p, admin := s.start(bs)
 	at, err := s.checkpoints().waitFor(uint64(n), time.Duration(n/100+120)*time.Second, func() error {
@@ -680,7 +681,7 @@ func (b *bench) head(ctx context.Context) uint64 {
 // startAtHead makes the next sink-cache (binary or engine) start live:
 // its checkpoint is the head.
 func (b *bench) startAtHead(ctx context.Context) {
-	b.cacheSink(b.redis.addr).prepare(ctx, b.head(ctx))
+	b.cacheSink(b.redis.addr).prepare(ctx, true)
 }
 
 // engineLive runs the in-process engine live while events are published
@@ -789,7 +790,7 @@ func (b *bench) post(c *http.Client, url, category, stream string, evs []envelop
 // appends go through the bridge's HTTP API at rate; the delay is from when
 // an append was due to when the sink's checkpoint covers its event.
 func (b *bench) sinkLive(ctx context.Context, s sinkUnderTest, bridgeURL string, bs batchSettings, rate int, dur time.Duration) latencies {
-	s.prepare(ctx, b.head(ctx))
+	s.prepare(ctx, true)
 	p, admin := s.start(bs)
 	if err := waitHTTP(admin+"/readyz", 30*time.Second, p); err != nil {
 		b.fatalf("%v", err)

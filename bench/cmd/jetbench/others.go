@@ -92,8 +92,12 @@ func (s *kvSink) record(w jetstream.KeyWatcher) {
 // an update that record read the generation of before the reset is
 // dropped as of the old generation, one after it is checked against the
 // new minRev, so a stopped sink's late saves never count for this run.
-func (s *kvSink) prepare(ctx context.Context, from uint64) {
+func (s *kvSink) prepare(ctx context.Context, live bool) {
 	s.tgt.fresh(ctx)
+	from := uint64(0)
+	if live {
+		from = s.b.head(ctx)
+	}
 	rev, err := s.kv.Put(ctx, s.key(), []byte(strconv.FormatUint(from, 10)))
 	if err != nil {
 		s.b.fatalf("setting the checkpoint of %s: %v", s.key(), err)
