@@ -9,7 +9,7 @@ GO_TEST_FLAGS ?= -count=1 -timeout 25m
 up:
 	@scripts/up.sh
 
-## test: install what the tests need (redis-server), vet, then run every module's tests
+## test: install what the tests need (redis-server, Java 17 + Maven, Node.js + npm), vet, then run every module's tests
 test: deps vet
 	go test $(GO_TEST_FLAGS) $(MODULES)
 

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/deps.sh
+scripts/deps.sh up
 mkdir -p bin data/redis data/nats
 echo "building ..."
 go build -o bin/ ./services/bridge ./services/sink-cache ./cmd/jetsyncctl
