@@ -256,26 +256,31 @@ func (e *Engine) Run(ctx context.Context) (err error) {
 // runFrom runs the pipeline from pos+1 until ctx ends, a fatal error, or a
 // reset request, which it returns after the write in flight has finished.
 func (e *Engine) runFrom(ctx, wctx context.Context, pos uint64) (*resetRequest, error) {
-	var it jetstream.MessagesContext
+	items := make(chan item, pendingEvents)
+	handlerStop := make(chan struct{})
+	var cc jetstream.ConsumeContext
 	if err := e.retry(ctx, "start consumer", func(ctx context.Context) (err error) {
-		it, err = e.consume(ctx, pos)
+		cc, err = e.consume(ctx, pos, func(msg jetstream.Msg) {
+			// Blocking here when the batch loop is behind is the
+			// backpressure that stops pulling.
+			it, ok := e.decode(msg)
+			if !ok {
+				return
+			}
+			select {
+			case items <- it:
+			case <-handlerStop:
+			}
+		})
 		return err
 	}); err != nil {
 		return nil, err
 	}
 	e.log.Info("sink started", "from", pos+1, "filters", e.cfg.Filters)
 	e.stats.setState(StateRunning)
-
-	items := make(chan item, pendingEvents)
-	readerStop, readerDone := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(readerDone)
-		e.read(it, items, readerStop)
-	}()
 	defer func() {
-		close(readerStop) // unblocks a reader waiting to hand over an event
-		it.Stop()         // unblocks a reader waiting for a message
-		<-readerDone
+		close(handlerStop) // unblocks a handler waiting to hand over an event
+		cc.Stop()
 	}()
 
 	batches := make(chan *Batch)
@@ -286,7 +291,7 @@ func (e *Engine) runFrom(ctx, wctx context.Context, pos uint64) (*resetRequest, 
 		writerErr = e.writeLoop(wctx, batches)
 	}()
 
-	reset, loopErr := e.batchLoop(ctx, items, batches, writerDone)
+	reset, loopErr := e.batchLoop(ctx, items, cc.Closed(), batches, writerDone)
 	close(batches)
 	<-writerDone
 	if writerErr != nil { // the writer's error is the cause; the loop only saw it stop
@@ -338,7 +343,13 @@ func (e *Engine) loadCheckpoint(ctx context.Context) (uint64, error) {
 
 // consume starts an ordered consumer just after pos. The consumer keeps its
 // cursor only in this process; the checkpoint is the sink's only memory.
-func (e *Engine) consume(ctx context.Context, pos uint64) (jetstream.MessagesContext, error) {
+// handle runs for each message, in stream order, one at a time, on the
+// subscription's goroutine. A callback rather than the Messages iterator:
+// the iterator's buffer is a channel of exactly the pull size, shared with
+// heartbeats, and overflowed into "slow consumer" drops and consumer resets
+// (dozens per run at max_events 100, a 10 s stall at 1); the callback's
+// pending queue is bounded by the pull limits alone (BENCHMARKS.md).
+func (e *Engine) consume(ctx context.Context, pos uint64, handle jetstream.MessageHandler) (jetstream.ConsumeContext, error) {
 	cc := jetstream.OrderedConsumerConfig{FilterSubjects: e.cfg.Filters, DeliverPolicy: jetstream.DeliverAllPolicy}
 	if pos > 0 {
 		cc.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
@@ -352,47 +363,37 @@ func (e *Engine) consume(ctx context.Context, pos uint64) (jetstream.MessagesCon
 	// message: the sink would stall on it without an error. Pull at least a
 	// whole max-size message (payload, subject and headers) at a time.
 	pullBytes := max(int(e.cfg.Batch.MaxBytes), int(e.js.Conn().MaxPayload())+64<<10)
-	return cons.Messages(jetstream.PullMaxMessagesWithBytesLimit(e.cfg.Batch.MaxEvents, pullBytes))
+	return cons.Consume(handle,
+		jetstream.PullMaxMessagesWithBytesLimit(e.cfg.Batch.MaxEvents, pullBytes),
+		// The ordered consumer recovers by itself: it recreates its
+		// consumer after a gap, a missed heartbeat or a reconnect.
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) { e.log.Debug("consumer", "err", err) }))
 }
 
-// read decodes messages until the iterator is stopped. Sending blocks when
-// the batch loop is behind: that is the backpressure that stops pulling.
-func (e *Engine) read(it jetstream.MessagesContext, out chan<- item, stop <-chan struct{}) {
-	defer close(out)
-	for {
-		msg, err := it.Next()
-		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return
-			}
-			e.log.Debug("consumer", "err", err)
-			continue
-		}
-		md, err := msg.Metadata()
-		if err != nil {
-			e.log.Warn("message without metadata", "subject", msg.Subject(), "err", err)
-			continue
-		}
-		pos := md.Sequence.Stream
-		ev, err := envelope.FromMsg(msg.Subject(), msg.Headers(), msg.Data(), pos)
-		it := item{ev: ev}
-		if err != nil {
-			it.bad = &DeadLetter{Subject: msg.Subject(), Position: pos, Header: msg.Headers(), Data: msg.Data(),
-				Err: fmt.Errorf("malformed event at position %d: %w", pos, err)}
-		}
-		select {
-		case out <- it:
-		case <-stop:
-			return
-		}
+// decode turns a message into an event, or into a dead letter when it is
+// not a valid one. ok is false for a message without JetStream metadata,
+// which has no position to stand at (the ordered consumer drops those
+// before they get here).
+func (e *Engine) decode(msg jetstream.Msg) (it item, ok bool) {
+	md, err := msg.Metadata()
+	if err != nil {
+		e.log.Warn("message without metadata", "subject", msg.Subject(), "err", err)
+		return item{}, false
 	}
+	pos := md.Sequence.Stream
+	ev, err := envelope.FromMsg(msg.Subject(), msg.Headers(), msg.Data(), pos)
+	if err != nil {
+		return item{bad: &DeadLetter{Subject: msg.Subject(), Position: pos, Header: msg.Headers(), Data: msg.Data(),
+			Err: fmt.Errorf("malformed event at position %d: %w", pos, err)}}, true
+	}
+	return item{ev: ev}, true
 }
 
 // batchLoop owns the batcher: it adds events and hands full (or old enough)
 // batches to the writer. Handing off blocks while the writer is busy, so at
 // most one batch is written and one is filling. A reset request ends it
 // without handing off the partial batch: those events are read again.
-func (e *Engine) batchLoop(ctx context.Context, items <-chan item, batches chan<- *Batch, writerDone <-chan struct{}) (*resetRequest, error) {
+func (e *Engine) batchLoop(ctx context.Context, items <-chan item, consumerClosed <-chan struct{}, batches chan<- *Batch, writerDone <-chan struct{}) (*resetRequest, error) {
 	b := NewBatcher(e.cfg.Batch.MaxEvents, int(e.cfg.Batch.MaxBytes), e.cfg.Batch.MaxInterval)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
@@ -427,13 +428,12 @@ func (e *Engine) batchLoop(ctx context.Context, items <-chan item, batches chan<
 			if err := handOff(); err != nil {
 				return nil, err
 			}
-		case it, ok := <-items:
-			if !ok {
-				if err := handOff(); err != nil {
-					return nil, err
-				}
-				return nil, errors.New("sink: the event consumer closed unexpectedly")
+		case <-consumerClosed:
+			if err := handOff(); err != nil {
+				return nil, err
 			}
+			return nil, errors.New("sink: the event consumer closed unexpectedly")
+		case it := <-items:
 			now := time.Now()
 			if it.bad != nil {
 				if e.cfg.OnError == OnErrorStop {
