@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -12,6 +10,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 
 	"github.com/jetsync/jetsync/pkg/envelope"
+	"github.com/jetsync/jetsync/services/sink-kinesis/kinesink"
 	"github.com/jetsync/jetsync/services/sink-kinesis/kinesistest"
 )
 
@@ -101,28 +100,16 @@ func (t *kinesisTarget) records(n int) []types.PutRecordsRequestEntry {
 	for i := range n {
 		ev := t.b.ev(i)
 		ev.Position = uint64(i + 1)
-		out[i] = types.PutRecordsRequestEntry{Data: envelopeRecord(&ev), PartitionKey: aws.String(ev.StreamID)}
+		out[i] = types.PutRecordsRequestEntry{Data: record(&ev), PartitionKey: aws.String(ev.StreamID)}
 	}
 	return out
 }
 
-// envelopeRecord is sink-kinesis's default record of ev (kinesink's
-// envelopeJSON): the fields in its order, no HTML escaping.
-func envelopeRecord(ev *envelope.Event) []byte {
-	rec := struct {
-		Position uint64          `json:"position"`
-		ID       string          `json:"id"`
-		StreamID string          `json:"streamId"`
-		Category string          `json:"category"`
-		Type     string          `json:"type"`
-		Version  uint64          `json:"version"`
-		Time     string          `json:"time"`
-		Data     json.RawMessage `json:"data"`
-		Metadata json.RawMessage `json:"metadata,omitempty"`
-	}{ev.Position, ev.ID, ev.StreamID, ev.Category, ev.Type, ev.Version, ev.Time.UTC().Format(time.RFC3339Nano), ev.Data, ev.Metadata}
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	_ = enc.Encode(&rec)
-	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
+// record is sink-kinesis's default record of ev.
+func record(ev *envelope.Event) []byte {
+	data, err := kinesink.EnvelopeJSON(ev)
+	if err != nil {
+		panic(err) // the benchmark's own events are valid JSON
+	}
+	return data
 }

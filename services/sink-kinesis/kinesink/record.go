@@ -55,7 +55,7 @@ func (m *recordMaker) make(ctx context.Context, ev *envelope.Event) (record, err
 	}
 	var err error
 	if m.project == nil {
-		r.data, err = envelopeJSON(ev)
+		r.data, err = EnvelopeJSON(ev)
 	} else {
 		r.data, err = m.projected(ctx, ev)
 	}
@@ -69,9 +69,10 @@ func (m *recordMaker) make(ctx context.Context, ev *envelope.Event) (record, err
 	return r, nil
 }
 
-// envelopeJSON encodes the envelope with the data and metadata as they are
+// EnvelopeJSON is the default record of an event (no projection): the
+// envelope as JSON, position first, with the data and metadata as they are
 // (no HTML escaping: "<" stays "<").
-func envelopeJSON(ev *envelope.Event) ([]byte, error) {
+func EnvelopeJSON(ev *envelope.Event) ([]byte, error) {
 	rec := envelopeRecord{
 		Position: ev.Position, ID: ev.ID, StreamID: ev.StreamID, Category: ev.Category,
 		Type: ev.Type, Version: ev.Version, Data: ev.Data,
