@@ -155,14 +155,7 @@ func (e *env) head() uint64 {
 	return e.events[len(e.events)-1].Position
 }
 
-// engine is one running sink: Run in a goroutine until stop.
-type engine struct {
-	eng    *sink.Engine
-	cancel context.CancelFunc
-	done   chan error
-}
-
-func (e *env) start(w sink.Writer, cfgMod ...func(*sink.Config)) *engine {
+func (e *env) start(w sink.Writer, cfgMod ...func(*sink.Config)) *Running {
 	e.t.Helper()
 	cfg := sink.DefaultConfig(e.name)
 	cfg.Batch = sink.BatchConfig{MaxEvents: 100, MaxBytes: 64 << 10, MaxInterval: 5 * time.Millisecond}
@@ -181,37 +174,7 @@ func (e *env) start(w sink.Writer, cfgMod ...func(*sink.Config)) *engine {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &engine{eng: eng, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- eng.Run(ctx) }()
-	return r
-}
-
-// stop cancels the run and returns what Run returned.
-func (r *engine) stop(t *testing.T) error {
-	t.Helper()
-	r.cancel()
-	select {
-	case err := <-r.done:
-		return err
-	case <-time.After(30 * time.Second):
-		t.Fatal("sink did not stop within 30s of cancellation")
-		return nil
-	}
-}
-
-// waitFor polls until the sink's checkpoint reaches pos.
-func (e *env) waitFor(r *engine, pos uint64, timeout time.Duration) {
-	e.t.Helper()
-	testenv.Eventually(e.t, timeout, func() bool {
-		select {
-		case err := <-r.done:
-			r.done <- err
-			e.t.Fatalf("sink stopped before reaching %d: %v", pos, err)
-		default:
-		}
-		return r.eng.Stats().Checkpoint >= pos
-	}, "sink %s at %d, want %d", e.name, r.eng.Stats().Checkpoint, pos)
+	return Start(e.t, eng)
 }
 
 // check compares the read model with the fold and, when the target counts
@@ -298,11 +261,11 @@ func testCatchUp(t *testing.T, target Target) {
 	e := newEnv(t, target)
 	e.publish(3000, 30)
 	r := e.start(target.NewWriter(t, e.name))
-	e.waitFor(r, e.head(), 60*time.Second)
+	r.WaitFor(e.t, e.head(), 60*time.Second)
 	// Live: events appended while the sink runs are applied too.
 	e.publish(500, 30)
-	e.waitFor(r, e.head(), 30*time.Second)
-	if err := r.stop(t); err != nil {
+	r.WaitFor(e.t, e.head(), 30*time.Second)
+	if err := r.Stop(t); err != nil {
 		t.Fatalf("Run returned %v after a clean stop", err)
 	}
 	e.check(nil)
@@ -312,15 +275,15 @@ func testRestart(t *testing.T, target Target) {
 	e := newEnv(t, target)
 	e.publish(1000, 20)
 	r := e.start(target.NewWriter(t, e.name))
-	e.waitFor(r, e.head(), 30*time.Second)
-	if err := r.stop(t); err != nil {
+	r.WaitFor(e.t, e.head(), 30*time.Second)
+	if err := r.Stop(t); err != nil {
 		t.Fatal(err)
 	}
-	cp := r.eng.Stats().Checkpoint
+	cp := r.Eng.Stats().Checkpoint
 	e.publish(1000, 20)
 	r = e.start(target.NewWriter(t, e.name))
-	e.waitFor(r, e.head(), 30*time.Second)
-	if err := r.stop(t); err != nil {
+	r.WaitFor(e.t, e.head(), 30*time.Second)
+	if err := r.Stop(t); err != nil {
 		t.Fatal(err)
 	}
 	if cp == 0 {
@@ -375,21 +338,21 @@ func testCrash(t *testing.T, target Target) {
 	}
 	r := e.start(w)
 	select {
-	case err := <-r.done:
-		if !errors.Is(err, errCrash) {
+	case <-r.Done():
+		if err := r.Err(); !errors.Is(err, errCrash) {
 			t.Fatalf("Run returned %v, want the simulated crash", err)
 		}
 	case <-time.After(60 * time.Second):
 		t.Fatal("the simulated crash never happened")
 	}
-	r.cancel()
+	_ = r.Stop(t)
 	from, through := cw.from.Load(), cw.through.Load()
 	if through == 0 {
 		t.Fatal("the crashed batch was not recorded")
 	}
 	r = e.start(target.NewWriter(t, e.name))
-	e.waitFor(r, e.head(), 60*time.Second)
-	if err := r.stop(t); err != nil {
+	r.WaitFor(e.t, e.head(), 60*time.Second)
+	if err := r.Stop(t); err != nil {
 		t.Fatal(err)
 	}
 	var dupOK func(uint64) bool
@@ -404,8 +367,8 @@ func testReplay(t *testing.T, target Target) {
 	e.publish(1500, 15)
 	w := target.NewWriter(t, e.name)
 	r := e.start(w)
-	e.waitFor(r, e.head(), 30*time.Second)
-	if err := r.stop(t); err != nil {
+	r.WaitFor(e.t, e.head(), 30*time.Second)
+	if err := r.Stop(t); err != nil {
 		t.Fatal(err)
 	}
 	before := target.State(t, e.name)
@@ -420,8 +383,8 @@ func testReplay(t *testing.T, target Target) {
 		t.Fatal(err)
 	}
 	r = e.start(target.NewWriter(t, e.name))
-	e.waitFor(r, e.head(), 60*time.Second)
-	if err := r.stop(t); err != nil {
+	r.WaitFor(e.t, e.head(), 60*time.Second)
+	if err := r.Stop(t); err != nil {
 		t.Fatal(err)
 	}
 	// The second pass leaves the read model exactly as the first.
@@ -432,15 +395,15 @@ func testOutage(t *testing.T, target Target) {
 	e := newEnv(t, target)
 	e.publish(1000, 20)
 	r := e.start(target.NewWriter(t, e.name))
-	e.waitFor(r, e.head(), 30*time.Second)
+	r.WaitFor(e.t, e.head(), 30*time.Second)
 
 	restore := target.Outage(t)
 	e.publish(1000, 20) // appended while the target is down
-	testenv.Eventually(t, 30*time.Second, func() bool { return r.eng.Stats().Retries > 0 },
+	testenv.Eventually(t, 30*time.Second, func() bool { return r.Eng.Stats().Retries > 0 },
 		"the sink never noticed the outage")
 	restore()
-	e.waitFor(r, e.head(), 60*time.Second)
-	if err := r.stop(t); err != nil {
+	r.WaitFor(e.t, e.head(), 60*time.Second)
+	if err := r.Stop(t); err != nil {
 		t.Fatal(err)
 	}
 	e.check(nil)

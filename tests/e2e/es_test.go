@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"reflect"
 	"strconv"
 	"strings"
@@ -345,20 +344,8 @@ func TestElasticsearchSinkKilled(t *testing.T) {
 		}
 	}()
 
-	kills := 0
-	for kills < 8 {
-		time.Sleep(time.Duration(100+rand.IntN(300)) * time.Millisecond)
-		before := s.checkpoint()
-		s.sinkES.kill()
-		kills++
-		t.Logf("kill %d at checkpoint %d", kills, before)
-		s.startSinkES()
-	}
-	if err := <-appendDone; err != nil {
-		t.Fatal(err)
-	}
-	head := w.head()
-	testenv.Eventually(t, 60*time.Second, func() bool { return s.checkpoint() >= head }, "sink-es never caught up after %d kills", kills)
+	const kills = 8
+	killWhileAppending(t, "sink-es", kills, appendDone, s.checkpoint, w.head, func() { s.sinkES.kill() }, s.startSinkES)
 	close(stopSampling)
 	wg.Wait()
 	w.verifyES(t, s.docs(t))

@@ -246,20 +246,8 @@ func TestSinkKilledRepeatedly(t *testing.T) {
 	w := newWorkload(100*drillScale(), 100)
 	appendDone := make(chan error, 1)
 	go func() { appendDone <- w.appendAll(s, 10, 4) }()
-	kills := 0
-	for kills < 12*drillScale() {
-		time.Sleep(time.Duration(100+rand.IntN(300)) * time.Millisecond)
-		before := s.checkpoint()
-		s.sink.kill()
-		kills++
-		t.Logf("kill %d at checkpoint %d", kills, before)
-		s.startSink()
-	}
-	if err := <-appendDone; err != nil {
-		t.Fatal(err)
-	}
-	head := w.head()
-	testenv.Eventually(t, 60*time.Second, func() bool { return s.checkpoint() >= head }, "sink never caught up after %d kills", kills)
+	kills := 12 * drillScale()
+	killWhileAppending(t, "sink", kills, appendDone, s.checkpoint, w.head, func() { s.sink.kill() }, s.startSink)
 	w.verify(t, s)
 	t.Logf("%d events, %d SIGKILLs, 0 lost, 0 applied twice (verified against the applied-positions log)", w.total(), kills)
 }
@@ -323,4 +311,23 @@ func TestBadConfigFailsAtStart(t *testing.T) {
 			}
 		})
 	}
+}
+
+// killWhileAppending SIGKILLs a sink kills times at random moments while
+// the appends behind appendDone run, restarting it after each kill; then it
+// waits for the appends to end and for the sink's checkpoint to reach head.
+func killWhileAppending(t *testing.T, name string, kills int, appendDone <-chan error, checkpoint, head func() uint64, kill, start func()) {
+	t.Helper()
+	for k := 1; k <= kills; k++ {
+		time.Sleep(time.Duration(100+rand.IntN(300)) * time.Millisecond)
+		before := checkpoint()
+		kill()
+		t.Logf("kill %d at checkpoint %d", k, before)
+		start()
+	}
+	if err := <-appendDone; err != nil {
+		t.Fatal(err)
+	}
+	h := head()
+	testenv.Eventually(t, 60*time.Second, func() bool { return checkpoint() >= h }, "%s never caught up after %d kills", name, kills)
 }

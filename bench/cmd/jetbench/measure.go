@@ -475,54 +475,19 @@ func (b *bench) engineCatchUp(ctx context.Context, redisAddr string, n int, bs b
 // and one Redis round trip per event (its commands and its checkpoint in
 // one MULTI/EXEC), batch size 1.
 func (b *bench) naive(ctx context.Context, addr string, n int) result {
-	b.flush(ctx)
-	rdb := redis.NewClient(&redis.Options{Addr: addr})
-	defer rdb.Close()
-	nc, err := nats.Connect(b.natsURL)
-	if err != nil {
-		b.fatalf("%v", err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	cpu0, r0 := selfCPU(), b.redis.cpu()
-	start := time.Now()
-	cons, err := js.OrderedConsumer(ctx, natsutil.DefaultStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{"events.order.>"}})
-	if err != nil {
-		b.fatalf("%v", err)
-	}
-	it, err := cons.Messages()
-	if err != nil {
-		b.fatalf("%v", err)
-	}
-	defer it.Stop()
-	for range n {
-		m, err := it.Next()
-		if err != nil {
-			b.fatalf("naive: %v", err)
-		}
-		md, _ := m.Metadata()
-		ev, err := envelope.FromMsg(m.Subject(), m.Headers(), m.Data(), md.Sequence.Stream)
-		if err != nil {
-			b.fatalf("naive: %v", err)
-		}
-		_, err = rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-			for _, a := range b.wl.commands(int(ev.Position-1), &ev) {
-				p.Do(ctx, a...)
-			}
-			p.Set(ctx, cpKey, ev.Position, 0)
-			return nil
-		})
-		if err != nil {
-			b.fatalf("naive: %v", err)
-		}
-	}
-	return result{events: n, elapsed: time.Since(start), bytes: b.rd.dataBytes[n], driver: selfCPU() - cpu0, redis: b.redis.cpu() - r0}
+	return b.readThenWrite(ctx, "naive", addr, n, 1)
 }
 
 // simpleBatched is the batched synchroniser without overlap: it reads a
 // batch of events, then writes it in one MULTI/EXEC with its checkpoint,
 // then reads the next: reading and writing never happen at once.
 func (b *bench) simpleBatched(ctx context.Context, addr string, n, batch int) result {
+	return b.readThenWrite(ctx, "simple batched", addr, n, batch)
+}
+
+// readThenWrite reads batch events, writes them and their checkpoint in one
+// MULTI/EXEC, and only then reads on, until n events are applied.
+func (b *bench) readThenWrite(ctx context.Context, name, addr string, n, batch int) result {
 	b.flush(ctx)
 	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	defer rdb.Close()
@@ -550,12 +515,12 @@ func (b *bench) simpleBatched(ctx context.Context, addr string, n, batch int) re
 		for k := 0; k < batch && done < n; k, done = k+1, done+1 {
 			m, err := it.Next()
 			if err != nil {
-				b.fatalf("simple batched: %v", err)
+				b.fatalf("%s: %v", name, err)
 			}
 			md, _ := m.Metadata()
 			ev, err := envelope.FromMsg(m.Subject(), m.Headers(), m.Data(), md.Sequence.Stream)
 			if err != nil {
-				b.fatalf("simple batched: %v", err)
+				b.fatalf("%s: %v", name, err)
 			}
 			cmds = append(cmds, b.wl.commands(int(ev.Position-1), &ev)...)
 			last = ev.Position
@@ -568,7 +533,7 @@ func (b *bench) simpleBatched(ctx context.Context, addr string, n, batch int) re
 			return nil
 		})
 		if err != nil {
-			b.fatalf("simple batched: %v", err)
+			b.fatalf("%s: %v", name, err)
 		}
 	}
 	return result{events: n, elapsed: time.Since(start), bytes: b.rd.dataBytes[n], driver: selfCPU() - cpu0, redis: b.redis.cpu() - r0}

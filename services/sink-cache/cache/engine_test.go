@@ -18,6 +18,7 @@ import (
 	"github.com/jetsync/jetsync/pkg/envelope"
 	"github.com/jetsync/jetsync/pkg/natsutil"
 	"github.com/jetsync/jetsync/pkg/sink"
+	"github.com/jetsync/jetsync/pkg/sinktest"
 	"github.com/jetsync/jetsync/pkg/testenv"
 )
 
@@ -152,32 +153,14 @@ func (h *harness) lastSeq() uint64 {
 	return info.State.LastSeq
 }
 
-// running is one Run of the engine.
-type running struct {
-	eng    *sink.Engine
-	cancel context.CancelFunc
-	done   chan error
-}
-
-func (h *harness) start(w *Writer) *running {
+func (h *harness) start(w *Writer) *sinktest.Running {
 	h.t.Helper()
 	log := slog.New(slog.NewTextHandler(h.t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	eng, err := sink.New(h.cfg.Config, h.js, w, nil, log)
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{eng: eng, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- eng.Run(ctx) }()
-	h.t.Cleanup(func() {
-		cancel()
-		select {
-		case <-r.done:
-		case <-time.After(10 * time.Second):
-			h.t.Error("Run still running 10s after the test ended")
-		}
-	})
-	return r
+	return sinktest.Start(h.t, eng)
 }
 
 func (h *harness) newWriter() *Writer {
@@ -187,22 +170,6 @@ func (h *harness) newWriter() *Writer {
 		h.t.Fatal(err)
 	}
 	return w
-}
-
-// stop cancels the run and returns Run's result.
-func (r *running) stop(t *testing.T) error {
-	t.Helper()
-	r.cancel()
-	select {
-	case err := <-r.done:
-		r.done <- err // for the cleanup
-		return err
-	case <-time.After(10 * time.Second):
-		// Seen when the engine's reader is blocked handing an event to a
-		// batch loop that has returned (pkg/sink Engine.Run).
-		t.Fatalf("Run did not return within 10s of cancellation (stats %+v)", r.eng.Stats())
-		return nil
-	}
 }
 
 // redisCheckpoint reads the checkpoint straight from Redis.
@@ -217,18 +184,17 @@ func (h *harness) redisCheckpoint() uint64 {
 
 // waitCaughtUp polls until the checkpoint in Redis is the stream's last
 // sequence, failing early if Run returns.
-func (h *harness) waitCaughtUp(r *running, timeout time.Duration) {
+func (h *harness) waitCaughtUp(r *sinktest.Running, timeout time.Duration) {
 	h.t.Helper()
 	want := h.lastSeq()
 	testenv.Eventually(h.t, timeout, func() bool {
 		select {
-		case err := <-r.done:
-			r.done <- err
-			h.t.Fatalf("Run returned before catching up to %d: %v", want, err)
+		case <-r.Done():
+			h.t.Fatalf("Run returned before catching up to %d: %v", want, r.Err())
 		default:
 		}
 		return h.redisCheckpoint() == want
-	}, "checkpoint in Redis %d, want %d (stats %+v)", h.redisCheckpoint(), want, r.eng.Stats())
+	}, "checkpoint in Redis %d, want %d (stats %+v)", h.redisCheckpoint(), want, r.Eng.Stats())
 }
 
 // foldState is what Redis must hold for a run of events.
@@ -332,7 +298,7 @@ func TestSinkCatchUpRestartAndLive(t *testing.T) {
 	// Live: events appended while it runs.
 	h.publishN(300, 20)
 	h.waitCaughtUp(r, 20*time.Second)
-	if err := r.stop(t); err != nil {
+	if err := r.Stop(t); err != nil {
 		t.Fatalf("Run returned %v after cancellation, want nil", err)
 	}
 	h.compare(fold(h.events, nil))
@@ -341,11 +307,11 @@ func TestSinkCatchUpRestartAndLive(t *testing.T) {
 	h.publishN(500, 20)
 	r = h.start(w)
 	h.waitCaughtUp(r, 20*time.Second)
-	if err := r.stop(t); err != nil {
+	if err := r.Stop(t); err != nil {
 		t.Fatalf("second Run returned %v, want nil", err)
 	}
 	h.compare(fold(h.events, nil))
-	if s := r.eng.Stats(); s.Applied != 500 || s.Checkpoint != h.lastSeq() {
+	if s := r.Eng.Stats(); s.Applied != 500 || s.Checkpoint != h.lastSeq() {
 		t.Errorf("second run applied %d events up to %d; want 500 up to %d", s.Applied, s.Checkpoint, h.lastSeq())
 	}
 }
@@ -369,10 +335,10 @@ func TestPoisonEventSkipped(t *testing.T) {
 	poison := h.publishWithPoison(60, 60)
 	r := h.start(h.newWriter())
 	h.waitCaughtUp(r, 20*time.Second)
-	if s := r.eng.Stats(); s.Skipped != 1 {
+	if s := r.Eng.Stats(); s.Skipped != 1 {
 		t.Errorf("skipped %d events, want 1", s.Skipped)
 	}
-	if err := r.stop(t); err != nil {
+	if err := r.Stop(t); err != nil {
 		t.Fatal(err)
 	}
 	h.compare(fold(h.events, func(ev envelope.Event) bool { return ev.Position == poison.Position }))
@@ -384,8 +350,8 @@ func TestPoisonEventStops(t *testing.T) {
 	r := h.start(h.newWriter())
 	var err error
 	select {
-	case err = <-r.done:
-		r.done <- err
+	case <-r.Done():
+		err = r.Err()
 	case <-time.After(20 * time.Second):
 		t.Fatal("Run did not stop at the poison event")
 	}
@@ -400,8 +366,8 @@ func TestPoisonEventStops(t *testing.T) {
 	// A restart stops at the same event again, and writes nothing more.
 	r = h.start(h.newWriter())
 	select {
-	case err = <-r.done:
-		r.done <- err
+	case <-r.Done():
+		err = r.Err()
 	case <-time.After(20 * time.Second):
 		t.Fatal("restarted Run did not stop at the poison event")
 	}
@@ -432,24 +398,24 @@ func TestRedisOutage(t *testing.T) {
 			}
 		}
 	}()
-	applied := r.eng.Stats().Applied
-	testenv.Eventually(t, 10*time.Second, func() bool { return r.eng.Stats().Applied > applied+100 }, "no live events applied before the outage")
+	applied := r.Eng.Stats().Applied
+	testenv.Eventually(t, 10*time.Second, func() bool { return r.Eng.Stats().Applied > applied+100 }, "no live events applied before the outage")
 
 	h.redis.srv.Stop()
-	testenv.Eventually(t, 20*time.Second, func() bool { return r.eng.Stats().Retries > 0 }, "the sink never noticed Redis was down")
-	retries := r.eng.Stats().Retries
-	testenv.Eventually(t, 10*time.Second, func() bool { return r.eng.Stats().Retries > retries+2 }, "the sink stopped retrying")
+	testenv.Eventually(t, 20*time.Second, func() bool { return r.Eng.Stats().Retries > 0 }, "the sink never noticed Redis was down")
+	retries := r.Eng.Stats().Retries
+	testenv.Eventually(t, 10*time.Second, func() bool { return r.Eng.Stats().Retries > retries+2 }, "the sink stopped retrying")
 	h.redis.srv.Start()
-	applied = r.eng.Stats().Applied
-	testenv.Eventually(t, 20*time.Second, func() bool { return r.eng.Stats().Applied > applied+100 }, "the sink did not resume after Redis came back")
+	applied = r.Eng.Stats().Applied
+	testenv.Eventually(t, 20*time.Second, func() bool { return r.Eng.Stats().Applied > applied+100 }, "the sink did not resume after Redis came back")
 	close(stopPub)
 	<-pubDone
 
 	h.waitCaughtUp(r, 20*time.Second)
-	if err := r.stop(t); err != nil {
+	if err := r.Stop(t); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%d events, %d retries during the outage", len(h.events), r.eng.Stats().Retries)
+	t.Logf("%d events, %d retries during the outage", len(h.events), r.Eng.Stats().Retries)
 	h.compare(fold(h.events, nil))
 }
 
@@ -463,7 +429,7 @@ func TestStopDuringBacklog(t *testing.T) {
 	r := h.start(h.newWriter())
 	last := h.lastSeq()
 	testenv.Eventually(t, 10*time.Second, func() bool { return h.redisCheckpoint() > 0 }, "no batch written")
-	if err := r.stop(t); err != nil { // fails the test if Run hangs
+	if err := r.Stop(t); err != nil { // fails the test if Run hangs
 		t.Fatalf("Run returned %v after cancellation, want nil", err)
 	}
 	if cp := h.redisCheckpoint(); cp >= last {
@@ -471,7 +437,7 @@ func TestStopDuringBacklog(t *testing.T) {
 	}
 	r = h.start(h.newWriter())
 	h.waitCaughtUp(r, 30*time.Second)
-	if err := r.stop(t); err != nil {
+	if err := r.Stop(t); err != nil {
 		t.Fatal(err)
 	}
 	h.compare(fold(h.events, nil))

@@ -69,13 +69,13 @@ func BenchmarkCatchUp100k(b *testing.B) {
 		}
 		start := time.Now()
 		r := n.start(b, cfg, w)
-		r.waitFor(b, headOf(events), 5*time.Minute)
+		r.WaitFor(b, headOf(events), 5*time.Minute)
 		took := time.Since(start)
-		if err := r.stop(b); err != nil {
+		if err := r.Stop(b); err != nil {
 			b.Fatal(err)
 		}
 		sinkTime += took
-		st, ws := r.eng.Stats(), w.Stats()
+		st, ws := r.Eng.Stats(), w.Stats()
 		if got := len(readDocs(b, es, alias)); got != streams {
 			b.Fatalf("%d documents, want %d", got, streams)
 		}

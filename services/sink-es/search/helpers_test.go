@@ -23,6 +23,7 @@ import (
 	"github.com/jetsync/jetsync/pkg/envelope"
 	"github.com/jetsync/jetsync/pkg/natsutil"
 	"github.com/jetsync/jetsync/pkg/sink"
+	"github.com/jetsync/jetsync/pkg/sinktest"
 	"github.com/jetsync/jetsync/pkg/testenv"
 )
 
@@ -163,55 +164,13 @@ func (n *natsEnv) publish(t testing.TB, events []envelope.Event) {
 	}
 }
 
-// running is an engine running in a goroutine.
-type running struct {
-	eng    *sink.Engine
-	cancel context.CancelFunc
-	done   chan error
-}
-
-func (n *natsEnv) start(t testing.TB, cfg Config, w sink.Writer) *running {
+func (n *natsEnv) start(t testing.TB, cfg Config, w sink.Writer) *sinktest.Running {
 	t.Helper()
 	eng, err := sink.New(cfg.Config, n.js, w, n.store, testLog())
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{eng: eng, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- eng.Run(ctx) }()
-	t.Cleanup(func() { r.stop(t) })
-	return r
-}
-
-// stop cancels the run (once) and returns what Run returned.
-func (r *running) stop(t testing.TB) error {
-	t.Helper()
-	if r.cancel == nil {
-		return nil
-	}
-	r.cancel()
-	r.cancel = nil
-	select {
-	case err := <-r.done:
-		return err
-	case <-time.After(30 * time.Second):
-		t.Fatal("sink did not stop within 30s")
-		return nil
-	}
-}
-
-// waitFor polls until the engine's checkpoint reaches pos.
-func (r *running) waitFor(t testing.TB, pos uint64, timeout time.Duration) {
-	t.Helper()
-	testenv.Eventually(t, timeout, func() bool {
-		select {
-		case err := <-r.done:
-			r.done <- err
-			t.Fatalf("sink stopped before reaching %d: %v", pos, err)
-		default:
-		}
-		return r.eng.Stats().Checkpoint >= pos
-	}, "sink at %d, want %d", r.eng.Stats().Checkpoint, pos)
+	return sinktest.Start(t, eng)
 }
 
 // Event types of the tests' order model.

@@ -35,7 +35,7 @@ func TestRebuildUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := n.start(t, cfg, live)
-	r.waitFor(t, headOf(events), 60*time.Second)
+	r.WaitFor(t, headOf(events), 60*time.Second)
 	oldIdx, err := aliasIndices(context.Background(), mustClient(t, url), alias, 10*time.Second)
 	if err != nil || len(oldIdx) != 1 {
 		t.Fatalf("alias %s -> %v, %v", alias, oldIdx, err)
@@ -129,9 +129,9 @@ func TestRebuildUnderLoad(t *testing.T) {
 	mu.Lock()
 	final := append([]envelope.Event{}, all...)
 	mu.Unlock()
-	r.waitFor(t, headOf(final), 60*time.Second)
+	r.WaitFor(t, headOf(final), 60*time.Second)
 	compareDocs(t, foldOrders(final), readDocs(t, es, alias))
-	t.Logf("live sink: %d retries (its writes waited during the swap); %d events appended during the rebuild", r.eng.Stats().Retries, len(final)-len(events))
+	t.Logf("live sink: %d retries (its writes waited during the swap); %d events appended during the rebuild", r.Eng.Stats().Retries, len(final)-len(events))
 	if len(final)-len(events) < 200 {
 		t.Errorf("only %d events were appended during the rebuild: not under load", len(final)-len(events))
 	}

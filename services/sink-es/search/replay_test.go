@@ -30,8 +30,8 @@ func TestReplayTwiceChangesNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 		r := n.start(t, cfg, w)
-		r.waitFor(t, headOf(events), 60*time.Second)
-		if err := r.stop(t); err != nil {
+		r.WaitFor(t, headOf(events), 60*time.Second)
+		if err := r.Stop(t); err != nil {
 			t.Fatal(err)
 		}
 		return readDocs(t, es, alias)

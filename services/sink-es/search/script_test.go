@@ -87,8 +87,8 @@ func TestScriptAction(t *testing.T) {
 		_ = w.Close(ctx)
 
 		r := n.start(t, cfg, w) // on_error: skip
-		r.waitFor(t, headOf(events), 30*time.Second)
-		if st := r.eng.Stats(); st.Skipped != 6 {
+		r.WaitFor(t, headOf(events), 30*time.Second)
+		if st := r.Eng.Stats(); st.Skipped != 6 {
 			t.Errorf("the engine skipped %d events, want the 6 script events", st.Skipped)
 		}
 		var rest []envelope.Event
@@ -103,8 +103,8 @@ func TestScriptAction(t *testing.T) {
 
 	t.Log("this Elasticsearch runs painless: asserting the script and its guard")
 	r := n.start(t, cfg, w)
-	r.waitFor(t, headOf(events), 30*time.Second)
-	if err := r.stop(t); err != nil {
+	r.WaitFor(t, headOf(events), 30*time.Second)
+	if err := r.Stop(t); err != nil {
 		t.Fatal(err)
 	}
 	check := func() map[string]doc {
@@ -131,8 +131,8 @@ func TestScriptAction(t *testing.T) {
 		t.Fatal(err)
 	}
 	r = n.start(t, cfg, w)
-	r.waitFor(t, headOf(events), 30*time.Second)
-	if err := r.stop(t); err != nil {
+	r.WaitFor(t, headOf(events), 30*time.Second)
+	if err := r.Stop(t); err != nil {
 		t.Fatal(err)
 	}
 	after := check()

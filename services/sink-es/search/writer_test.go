@@ -31,20 +31,20 @@ func TestCatchUpEqualsFold(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := n.start(t, cfg, w)
-	r.waitFor(t, headOf(events), 60*time.Second)
+	r.WaitFor(t, headOf(events), 60*time.Second)
 	more := orderEvents("c2", 500, 40)[0:500]
 	for i := range more { // live: events appended while it runs
 		more[i].ID += "-live"
 		more[i].Version += 1000
 	}
 	n.publish(t, more)
-	r.waitFor(t, headOf(more), 30*time.Second)
-	if err := r.stop(t); err != nil {
+	r.WaitFor(t, headOf(more), 30*time.Second)
+	if err := r.Stop(t); err != nil {
 		t.Fatal(err)
 	}
 	compareDocs(t, foldOrders(append(events, more...)), readDocs(t, es, alias))
 
-	st, ws := r.eng.Stats(), w.Stats()
+	st, ws := r.Eng.Stats(), w.Stats()
 	t.Logf("%d events in %d batches: %d bulk requests, %d mgets, %d items", st.Applied, st.Batches, ws.Bulks, ws.Mgets, ws.Items)
 	if ws.Bulks > st.Batches || ws.Mgets > st.Batches {
 		t.Errorf("%d bulk requests and %d mgets for %d batches: want at most one of each per batch", ws.Bulks, ws.Mgets, st.Batches)
@@ -140,8 +140,8 @@ func TestErrorPolicyWithEngine(t *testing.T) {
 			}
 			r := n.start(t, cfg, w)
 			if policy == sink.OnErrorSkip {
-				r.waitFor(t, headOf(events), 30*time.Second)
-				if st := r.eng.Stats(); st.Skipped != 1 {
+				r.WaitFor(t, headOf(events), 30*time.Second)
+				if st := r.Eng.Stats(); st.Skipped != 1 {
 					t.Errorf("skipped %d events, want 1", st.Skipped)
 				}
 				want := append(append([]envelope.Event{}, events[:bad]...), events[bad+1:]...)
@@ -149,15 +149,14 @@ func TestErrorPolicyWithEngine(t *testing.T) {
 				return
 			}
 			select {
-			case err := <-r.done:
-				r.done <- err
-				if !errors.Is(err, sink.ErrStopped) || !strings.Contains(err.Error(), "mapper_parsing_exception") {
+			case <-r.Done():
+				if err := r.Err(); !errors.Is(err, sink.ErrStopped) || !strings.Contains(err.Error(), "mapper_parsing_exception") {
 					t.Fatalf("Run = %v, want ErrStopped with the reason", err)
 				}
 			case <-time.After(30 * time.Second):
 				t.Fatal("the sink did not stop")
 			}
-			if cp := r.eng.Stats().Checkpoint; cp != events[bad].Position-1 {
+			if cp := r.Eng.Stats().Checkpoint; cp != events[bad].Position-1 {
 				t.Errorf("checkpoint %d, want %d (just before the refused event)", cp, events[bad].Position-1)
 			}
 		})
@@ -185,7 +184,7 @@ func TestRetryRefusedItems(t *testing.T) {
 	first := orderEvents("r", 300, 10)
 	n.publish(t, first)
 	r := n.start(t, cfg, w)
-	r.waitFor(t, headOf(first), 30*time.Second)
+	r.WaitFor(t, headOf(first), 30*time.Second)
 
 	var aliasInfo map[string]any
 	esCall(t, es, esapi.IndicesGetAliasRequest{Name: []string{alias}}, &aliasInfo)
@@ -194,14 +193,14 @@ func TestRetryRefusedItems(t *testing.T) {
 		concrete = k
 	}
 	esCall(t, es, esapi.IndicesPutSettingsRequest{Index: []string{concrete}, Body: strings.NewReader(`{"index.blocks.write":true}`)}, nil)
-	before, beforeBatches := w.Stats(), r.eng.Stats().Batches
+	before, beforeBatches := w.Stats(), r.Eng.Stats().Batches
 	second := orderEvents("r2", 300, 10)
 	for i := range second {
 		second[i].Version += 1000
 	}
 	n.publish(t, second)
-	testenv.Eventually(t, 30*time.Second, func() bool { return r.eng.Stats().Retries >= 3 }, "the sink never retried")
-	if cp := r.eng.Stats().Checkpoint; cp >= second[0].Position {
+	testenv.Eventually(t, 30*time.Second, func() bool { return r.Eng.Stats().Retries >= 3 }, "the sink never retried")
+	if cp := r.Eng.Stats().Checkpoint; cp >= second[0].Position {
 		t.Fatalf("checkpoint moved to %d while the items of %d.. were refused", cp, second[0].Position)
 	}
 	log := readDocs(t, es, other)
@@ -211,7 +210,7 @@ func TestRetryRefusedItems(t *testing.T) {
 		}
 	}
 	esCall(t, es, esapi.IndicesPutSettingsRequest{Index: []string{concrete}, Body: strings.NewReader(`{"index.blocks.write":null}`)}, nil)
-	r.waitFor(t, headOf(second), 30*time.Second)
+	r.WaitFor(t, headOf(second), 30*time.Second)
 	after := w.Stats()
 	all := append(first, second...)
 	compareDocs(t, foldOrders(all), readDocs(t, es, alias))
@@ -222,9 +221,9 @@ func TestRetryRefusedItems(t *testing.T) {
 	// batch (folded) + one per refusal (a refused item is sent again, the
 	// others never).
 	retried := after.RetriedItems - before.RetriedItems
-	batches := r.eng.Stats().Batches - beforeBatches
+	batches := r.Eng.Stats().Batches - beforeBatches
 	sent := after.Items - before.Items
-	t.Logf("%d retries by the engine; %d item refusals; %d items sent for %d events in %d batches", r.eng.Stats().Retries, retried, sent, len(second), batches)
+	t.Logf("%d retries by the engine; %d item refusals; %d items sent for %d events in %d batches", r.Eng.Stats().Retries, retried, sent, len(second), batches)
 	if retried == 0 || sent > uint64(len(second))+10*batches+retried {
 		t.Errorf("%d items sent, more than %d events + %d orders x %d batches + %d refusals: only refused items may be sent again",
 			sent, len(second), 10, batches, retried)

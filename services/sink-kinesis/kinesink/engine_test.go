@@ -16,6 +16,7 @@ import (
 	"github.com/jetsync/jetsync/pkg/envelope"
 	"github.com/jetsync/jetsync/pkg/natsutil"
 	"github.com/jetsync/jetsync/pkg/sink"
+	"github.com/jetsync/jetsync/pkg/sinktest"
 	"github.com/jetsync/jetsync/pkg/testenv"
 	"github.com/jetsync/jetsync/services/sink-kinesis/kinesistest"
 )
@@ -99,11 +100,11 @@ func (h *harness) publish(evs ...envelope.Event) {
 
 func (h *harness) head() uint64 { return h.events[len(h.events)-1].Position }
 
+// running is the engine's run and the writer it runs, whose stats the
+// tests read.
 type running struct {
-	eng    *sink.Engine
-	w      *Writer
-	cancel context.CancelFunc
-	done   chan error
+	*sinktest.Running
+	w *Writer
 }
 
 func (h *harness) start() *running {
@@ -116,41 +117,7 @@ func (h *harness) start() *running {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{eng: eng, w: w, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- eng.Run(ctx) }()
-	h.t.Cleanup(func() {
-		cancel()
-		<-r.done
-		r.done <- nil
-	})
-	return r
-}
-
-func (h *harness) waitFor(r *running, pos uint64, timeout time.Duration) {
-	h.t.Helper()
-	testenv.Eventually(h.t, timeout, func() bool {
-		select {
-		case err := <-r.done:
-			r.done <- err
-			h.t.Fatalf("sink stopped before reaching %d: %v", pos, err)
-		default:
-		}
-		return r.eng.Stats().Checkpoint >= pos
-	}, "sink at %d, want %d", r.eng.Stats().Checkpoint, pos)
-}
-
-func (r *running) stop(t *testing.T) error {
-	t.Helper()
-	r.cancel()
-	select {
-	case err := <-r.done:
-		r.done <- err
-		return err
-	case <-time.After(20 * time.Second):
-		t.Fatal("sink did not stop")
-		return nil
-	}
+	return &running{Running: sinktest.Start(h.t, eng), w: w}
 }
 
 // TestEngineUnderFaults runs the engine while the proxy fails records of
@@ -195,8 +162,8 @@ func TestEngineUnderFaults(t *testing.T) {
 	for range 5 {
 		h.publishN(200, 25) // live, while earlier batches are retried
 	}
-	h.waitFor(r, h.head(), 60*time.Second)
-	if err := r.stop(t); err != nil {
+	r.WaitFor(t, h.head(), 60*time.Second)
+	if err := r.Stop(t); err != nil {
 		t.Fatal(err)
 	}
 	if cp, err := h.store.Load(context.Background(), h.cfg.Name); err != nil || cp != h.head() {
@@ -214,7 +181,7 @@ func TestEngineUnderFaults(t *testing.T) {
 			}
 		}
 	}
-	ws, es := r.w.Stats(), r.eng.Stats()
+	ws, es := r.w.Stats(), r.Eng.Stats()
 	if es.Retries == 0 || ws.Failed == 0 || ws.Resent == 0 {
 		t.Fatalf("no faults reached the sink: writer %+v, engine retries %d", ws, es.Retries)
 	}
@@ -244,11 +211,11 @@ func TestOversizeEventSkipped(t *testing.T) {
 	h.cfg.OnError = sink.OnErrorSkip
 	big := h.publishWithOversize(t)
 	r := h.start()
-	h.waitFor(r, h.head(), 30*time.Second)
-	if err := r.stop(t); err != nil {
+	r.WaitFor(t, h.head(), 30*time.Second)
+	if err := r.Stop(t); err != nil {
 		t.Fatal(err)
 	}
-	if s := r.eng.Stats(); s.Skipped != 1 {
+	if s := r.Eng.Stats(); s.Skipped != 1 {
 		t.Errorf("skipped %d, want 1", s.Skipped)
 	}
 	var rest []envelope.Event
@@ -282,8 +249,8 @@ func TestOversizeEventStops(t *testing.T) {
 	r := h.start()
 	var err error
 	select {
-	case err = <-r.done:
-		r.done <- err
+	case <-r.Done():
+		err = r.Err()
 	case <-time.After(30 * time.Second):
 		t.Fatal("Run did not stop at the oversize event")
 	}
