@@ -154,7 +154,7 @@ func TestErrorPolicyWithEngine(t *testing.T) {
 					t.Fatalf("Run = %v, want ErrStopped with the reason", err)
 				}
 			case <-time.After(30 * time.Second):
-				t.Fatal("the sink did not stop")
+				t.Fatalf("the sink did not stop within 30s (stats %+v)", r.Eng.Stats())
 			}
 			if cp := r.Eng.Stats().Checkpoint; cp != events[bad].Position-1 {
 				t.Errorf("checkpoint %d, want %d (just before the refused event)", cp, events[bad].Position-1)
