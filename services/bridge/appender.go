@@ -23,8 +23,13 @@ const MaxAppendEvents = 1000
 
 const (
 	// lockStripes serialises appends to one stream inside this process, so
-	// they do not fail each other's expected-sequence check for nothing.
-	lockStripes = 256
+	// they do not fail each other's expected-sequence check for nothing,
+	// and a stream is in at most one group commit at a time. Enough of them
+	// that concurrent appends to different streams seldom share one.
+	lockStripes = 4096
+	// headsPerStripe bounds the cache of stream heads (lockStripes times
+	// this many streams, ~100 B each).
+	headsPerStripe = 64
 	// maxInflightBatches stays below nats-server's 50 atomic batches in
 	// flight per stream, leaving room for other bridges.
 	maxInflightBatches = 32
@@ -69,14 +74,31 @@ type Appender struct {
 	name     string
 	window   time.Duration // the stream's duplicate window
 	seed     maphash.Seed
-	stripes  [lockStripes]chan struct{}
+	stripes  [lockStripes]stripe
 	inflight chan struct{}
+	group    *committer // nil: one atomic batch per multi-event append
 	now      func() time.Time
-	stats    struct{ appends, duplicates, retries atomic.Uint64 }
+	stats    struct{ appends, duplicates, retries, stale atomic.Uint64 }
 
 	// beforePublish, when set by a test, runs after the stream's state was
 	// read and before the batch is sent.
 	beforePublish func()
+}
+
+// stripe is the lock of the streams that hash to it and the heads of those
+// appended to last, both used only under the lock.
+type stripe struct {
+	lock  chan struct{}
+	heads map[string]head
+}
+
+// head is where a stream stood after this process last appended to it. It
+// saves reading the stream's last event before each append: the publish
+// carries the head's position as the expected last subject sequence, so a
+// head made stale by another writer is refused by the server, not trusted.
+type head struct {
+	StreamState
+	lastID string // the id of the event at LastPosition
 }
 
 // NewAppender appends to stream, as provisioned by natsutil.EnsureStream.
@@ -89,12 +111,21 @@ func NewAppender(js jetstream.JetStream, stream jetstream.Stream) *Appender {
 		window:   info.Config.Duplicates,
 		seed:     maphash.MakeSeed(),
 		inflight: make(chan struct{}, maxInflightBatches),
+		group:    newCommitter(js, info.Config.Name),
 		now:      time.Now,
 	}
 	for i := range a.stripes {
-		a.stripes[i] = make(chan struct{}, 1)
+		a.stripes[i].lock = make(chan struct{}, 1)
 	}
 	return a
+}
+
+// Wait returns once no group commit is in flight. Appends that returned
+// are never waited for; it matters only to a caller closing the connection.
+func (a *Appender) Wait() {
+	if a.group != nil {
+		a.group.wait()
+	}
 }
 
 // AppenderStats counts what an Appender did since it was made.
@@ -102,11 +133,24 @@ type AppenderStats struct {
 	Appends    uint64 // appends stored
 	Duplicates uint64 // appends answered as retries of stored ones
 	Retries    uint64 // batches refused because another writer got in first, then retried
+	// StaleHeads counts cached stream heads the server refused because
+	// another writer had appended since (then read afresh).
+	StaleHeads uint64
+	Groups     uint64 // group commits stored (atomic batches of several appends)
+	Grouped    uint64 // appends stored by those group commits
+	// GroupsRefused counts groups refused whole (nothing stored), whose
+	// members were then published one by one.
+	GroupsRefused uint64
 }
 
 // Stats returns the counters.
 func (a *Appender) Stats() AppenderStats {
-	return AppenderStats{Appends: a.stats.appends.Load(), Duplicates: a.stats.duplicates.Load(), Retries: a.stats.retries.Load()}
+	s := AppenderStats{Appends: a.stats.appends.Load(), Duplicates: a.stats.duplicates.Load(),
+		Retries: a.stats.retries.Load(), StaleHeads: a.stats.stale.Load()}
+	if a.group != nil {
+		s.Groups, s.Grouped, s.GroupsRefused = a.group.stats.groups.Load(), a.group.stats.grouped.Load(), a.group.stats.refused.Load()
+	}
+	return s
 }
 
 // State reads where a stream stands with one direct get of its last event.
@@ -133,11 +177,15 @@ func (a *Appender) Append(ctx context.Context, req AppendRequest) (AppendResult,
 		return AppendResult{}, err
 	}
 	subject := envelope.StreamSubject(req.Category, req.StreamID)
-	unlock, err := a.lock(ctx, subject)
+	s, err := a.lock(ctx, subject)
 	if err != nil {
 		return AppendResult{}, fmt.Errorf("%w: waiting for another append to %s: %w", ErrUnavailable, subject, err)
 	}
-	defer unlock()
+	defer func() { <-s.lock }()
+	// The cached head is taken out: it goes back only with a stored append,
+	// so any other outcome (an unknown one above all) reads the stream next.
+	h, cached := s.heads[subject]
+	delete(s.heads, subject)
 
 	n := uint64(len(req.Events))
 	lastID := req.Events[n-1].ID
@@ -146,15 +194,21 @@ func (a *Appender) Append(ctx context.Context, req AppendRequest) (AppendResult,
 		if err := a.connected(); err != nil {
 			return AppendResult{}, err
 		}
-		st, stLastID, err := a.state(ctx, subject)
-		if err != nil {
-			return AppendResult{}, err
+		if !cached {
+			if h.StreamState, h.lastID, err = a.state(ctx, subject); err != nil {
+				return AppendResult{}, err
+			}
 		}
+		st := h.StreamState
 		// A retry of an append that was stored: answer as the first time.
-		if stLastID == lastID {
-			return a.resolveDuplicate(ctx, subject, req.Events, st, stLastID)
+		if h.lastID == lastID {
+			return a.resolveDuplicate(ctx, subject, req.Events, st, h.lastID)
 		}
 		if req.ExpectedVersion != nil && *req.ExpectedVersion != st.Version {
+			if cached { // another writer may have moved it: look
+				cached = false
+				continue
+			}
 			return AppendResult{}, &VersionError{Expected: *req.ExpectedVersion, Current: st.Version}
 		}
 		if a.beforePublish != nil {
@@ -174,15 +228,25 @@ func (a *Appender) Append(ctx context.Context, req AppendRequest) (AppendResult,
 				res.Positions[i] = last - n + 1 + uint64(i)
 			}
 			a.stats.appends.Add(1)
+			s.remember(subject, head{StreamState{Version: res.Version, LastPosition: last}, lastID})
 			return res, nil
+		case cached && isAPIError(err, jetstream.JSErrCodeStreamWrongLastSequence):
+			// Another writer appended since this process did: read afresh.
+			a.stats.stale.Add(1)
+			cached = false
+			continue
 		case isAPIError(err, jetstream.JSErrCodeStreamWrongLastSequence, jetstream.JSErrCodeStreamWrongLastSequenceConstant):
-			// Another writer (another bridge) appended in between.
+			// Another writer (another bridge) appended in between, or a
+			// batch of this stream is still being committed (one whose
+			// append gave up waiting for it).
 			if req.ExpectedVersion != nil {
 				now, _, err := a.state(ctx, subject)
 				if err != nil {
 					return AppendResult{}, err
 				}
-				return AppendResult{}, &VersionError{Expected: *req.ExpectedVersion, Current: now.Version}
+				if now.Version != *req.ExpectedVersion {
+					return AppendResult{}, &VersionError{Expected: *req.ExpectedVersion, Current: now.Version}
+				}
 			}
 			a.stats.retries.Add(1)
 			err = ErrConflict
@@ -207,6 +271,7 @@ func (a *Appender) Append(ctx context.Context, req AppendRequest) (AppendResult,
 		default:
 			return AppendResult{}, classify(err)
 		}
+		cached = false
 		// Retry with a jittered backoff until the append's deadline.
 		wait := backoff/2 + rand.N(backoff)
 		backoff = min(2*backoff, 50*time.Millisecond)
@@ -264,15 +329,31 @@ func (r *AppendRequest) validate(now time.Time) error {
 	return nil
 }
 
-// lock takes the stripe of subject, or gives up when ctx ends.
-func (a *Appender) lock(ctx context.Context, subject string) (unlock func(), err error) {
-	ch := a.stripes[maphash.String(a.seed, subject)%lockStripes]
+// lock takes the stripe of subject, or gives up when ctx ends. The caller
+// unlocks with <-s.lock.
+func (a *Appender) lock(ctx context.Context, subject string) (*stripe, error) {
+	s := &a.stripes[maphash.String(a.seed, subject)%lockStripes]
 	select {
-	case ch <- struct{}{}:
-		return func() { <-ch }, nil
+	case s.lock <- struct{}{}:
+		return s, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// remember caches a stream's head, dropping another stream's when the
+// stripe holds headsPerStripe already. The stripe must be locked.
+func (s *stripe) remember(subject string, h head) {
+	if s.heads == nil {
+		s.heads = make(map[string]head)
+	}
+	if len(s.heads) >= headsPerStripe {
+		for k := range s.heads {
+			delete(s.heads, k)
+			break
+		}
+	}
+	s.heads[subject] = h
 }
 
 // connected fails fast while the connection is down: a request sent now
@@ -304,8 +385,11 @@ func (a *Appender) state(ctx context.Context, subject string) (StreamState, stri
 // still lastSubjectSeq, and returns the sequence of the last one. Several
 // messages go as one atomic batch; a single message is atomic by itself and
 // goes as a plain publish, which costs the server far less than a batch
-// (no staging store). dup reports that JetStream deduplicated a single
-// message by its id; last is then the sequence of the stored one.
+// (no staging store). Several messages join the group commit, which
+// publishes them with other streams' appends in one batch (groupcommit.go),
+// or on their own when the group is refused. dup reports that JetStream
+// deduplicated a single message by its id; last is then the sequence of
+// the stored one.
 func (a *Appender) publish(ctx context.Context, msgs []*nats.Msg, lastSubjectSeq uint64) (last uint64, dup bool, err error) {
 	msgs[0].Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(lastSubjectSeq, 10))
 	msgs[0].Header.Set(jetstream.ExpectedStreamHeader, a.name)
@@ -320,6 +404,11 @@ func (a *Appender) publish(ctx context.Context, msgs []*nats.Msg, lastSubjectSeq
 		return ack.Sequence, ack.Duplicate, nil
 	}
 
+	if a.group != nil {
+		if r := a.group.commit(ctx, msgs); !r.alone {
+			return r.last, false, r.err
+		}
+	}
 	select {
 	case a.inflight <- struct{}{}:
 		defer func() { <-a.inflight }()

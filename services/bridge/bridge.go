@@ -129,6 +129,7 @@ func (b *Bridge) Close(ctx context.Context) error {
 		if err := <-b.done; err != nil && !errors.Is(err, http.ErrServerClosed) {
 			b.closeErr = errors.Join(b.closeErr, err)
 		}
+		b.app.Wait() // group commits of appends that gave up waiting
 		b.closeErr = errors.Join(b.closeErr, b.stopNATS(ctx))
 		b.log.Info("bridge stopped")
 	})

@@ -45,13 +45,13 @@ func testLogger(t testing.TB) *slog.Logger {
 }
 
 // newEnv starts a NATS server and one bridge on it.
-func newEnv(t *testing.T) *apiEnv {
+func newEnv(t testing.TB) *apiEnv {
 	t.Helper()
 	return newEnvOn(t, testenv.NATS(t))
 }
 
 // newEnvOn starts a bridge on an existing NATS server.
-func newEnvOn(t *testing.T, ns *testenv.NATSServer) *apiEnv {
+func newEnvOn(t testing.TB, ns *testenv.NATSServer) *apiEnv {
 	t.Helper()
 	log := testLogger(t)
 	nc, err := natsutil.Connect(ns.URL(), "test-bridge", log)

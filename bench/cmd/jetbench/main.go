@@ -5,7 +5,11 @@
 // against a naive one-round-trip-per-event synchroniser, on loopback and
 // with added round-trip latency to the target; a sweep of batch size and
 // flush interval (throughput against append-to-visible delay); and live
-// append-to-visible delay percentiles through the bridge.
+// append-to-visible delay percentiles through the bridge; and, in a
+// `bridge serve` of its own with its embedded NATS, the append API (single-
+// and multi-event appends with expectedVersion, alone, concurrent and
+// contended on one stream) against raw JetStream publishes doing the same
+// work (-phases appends, see appends.go).
 //
 // For the Elasticsearch and Kinesis sinks (-sinks es,kinesis, on by
 // default) it measures, in the catchup phase, the sink-es / sink-kinesis
@@ -119,6 +123,7 @@ func main() {
 	appendN := flag.Int("append-n", 100_000, "events appended through the bridge's HTTP API in batches; 0 skips")
 	appendBatch := flag.Int("append-batch", 100, "events per HTTP append")
 	appendClients := flag.Int("append-clients", 8, "concurrent HTTP append clients")
+	appendsDur := flag.Duration("appends-duration", 0, "length of each row of the appends phase (default 5s, 3s when -n is below 500000)")
 	memCheck := flag.Bool("mem", true, "run the sink again with 8MiB batches to show peak RSS follows batch.max_bytes, not n")
 	flag.IntVar(&b.maxEvents, "max-events", 1000, "sink batch.max_events")
 	maxBytes := flag.String("max-bytes", "1MiB", "sink batch.max_bytes")
@@ -131,7 +136,7 @@ func main() {
 	flag.StringVar(&b.sinkBin, "sink-bin", "", "run this binary in place of sink-cache (e.g. bench/cmd/sinkprof for a profile)")
 	keep := flag.Bool("keep", false, "keep the temp dir (NATS store, configs, NDJSON)")
 	outFile := flag.String("o", "", "also write the report to this file")
-	phaseList := flag.String("phases", "ingest,catchup,latency,mem,sweep,live,append", "what to run, comma-separated; es and kinesis take part in catchup and live, the other phases are cache's")
+	phaseList := flag.String("phases", "ingest,catchup,latency,mem,sweep,live,append,appends", "what to run, comma-separated; es and kinesis take part in catchup and live, the other phases are cache's, but appends, which measures the bridge alone")
 	flag.Parse()
 
 	selected, err := parseSinks(*sinks)
@@ -156,7 +161,7 @@ func main() {
 	for _, d := range []struct {
 		p           *time.Duration
 		full, quick time.Duration
-	}{{liveDur, 10 * time.Second, 5 * time.Second}, {sweepTime, 2 * time.Second, time.Second}, {sweepLive, 3 * time.Second, 2 * time.Second}} {
+	}{{liveDur, 10 * time.Second, 5 * time.Second}, {sweepTime, 2 * time.Second, time.Second}, {sweepLive, 3 * time.Second, 2 * time.Second}, {appendsDur, 5 * time.Second, 3 * time.Second}} {
 		if *d.p <= 0 {
 			*d.p = d.full
 			if small {
@@ -446,6 +451,9 @@ func main() {
 		_ = u
 	} else if phases["ingest"] {
 		b.ingestTable(rawPub, imp, nil, 0, 0)
+	}
+	if phases["appends"] {
+		b.appendsPhase(ctx, *appendsDur)
 	}
 
 	b.watch.close()
