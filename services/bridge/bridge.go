@@ -74,6 +74,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Bridge, err erro
 		return nil, fmt.Errorf("http.listen: %w", err)
 	}
 	b.met = NewMetrics()
+	b.met.WatchAppender(b.app)
 	api := NewAPI(b.app, int64(cfg.HTTP.MaxBodyBytes), cfg.Append.Timeout, b.nc.IsConnected, b.met, log)
 	b.srv = &http.Server{
 		Handler:           api.Handler(),

@@ -87,9 +87,7 @@ func (c *committer) commit(ctx context.Context, msgs []*nats.Msg) groupResult {
 	c.mu.Lock()
 	c.queue = append(c.queue, m)
 	if c.inflight < c.maxInflight {
-		c.inflight++
-		c.wg.Add(1)
-		go c.run()
+		c.start()
 	}
 	c.mu.Unlock()
 	select {
@@ -98,6 +96,13 @@ func (c *committer) commit(ctx context.Context, msgs []*nats.Msg) groupResult {
 	case <-ctx.Done():
 		return groupResult{err: fmt.Errorf("%w: waiting for the group commit: %w", ErrUnavailable, ctx.Err())}
 	}
+}
+
+// start runs one more publisher. c.mu must be held.
+func (c *committer) start() {
+	c.inflight++
+	c.wg.Add(1)
+	go c.run()
 }
 
 // run publishes groups until the queue is empty.

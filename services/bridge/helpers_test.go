@@ -71,6 +71,7 @@ func newEnvOn(t testing.TB, ns *testenv.NATSServer) *apiEnv {
 	}
 	app := NewAppender(js, stream)
 	met := NewMetrics()
+	met.WatchAppender(app)
 	srv := httptest.NewServer(NewAPI(app, testMaxBody, testTimeout, nc.IsConnected, met, log).Handler())
 	t.Cleanup(srv.Close)
 	return &apiEnv{ns: ns, nc: nc, js: js, stream: stream, app: app, met: met, srv: srv}

@@ -105,3 +105,18 @@ func (m *Metrics) eventImported() {
 		m.imported.Inc()
 	}
 }
+
+// WatchAppender exports app's counters: how often group commit shared a
+// batch among appends, and how often a cached stream head was stale.
+func (m *Metrics) WatchAppender(app *Appender) {
+	counter := func(name, help string, get func(AppenderStats) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "jetsync", Subsystem: "bridge", Name: name, Help: help},
+			func() float64 { return float64(get(app.Stats())) })
+	}
+	m.Registry.MustRegister(
+		counter("group_commits_total", "Atomic batches published by group commit (one or more multi-event appends each).", func(s AppenderStats) uint64 { return s.Groups }),
+		counter("grouped_appends_total", "Multi-event appends stored by group commit; divided by group_commits_total: appends per batch.", func(s AppenderStats) uint64 { return s.Grouped }),
+		counter("group_commits_refused_total", "Groups the server refused whole (nothing stored) whose appends were then published one by one.", func(s AppenderStats) uint64 { return s.GroupsRefused }),
+		counter("stale_heads_total", "Appends published on a cached stream head that another writer had moved (then read afresh and retried).", func(s AppenderStats) uint64 { return s.StaleHeads }),
+	)
+}

@@ -159,6 +159,9 @@ func TestBridgeServesMetrics(t *testing.T) {
 	if v := sample(t, mfs, "jetsync_bridge_events_appended_total"); v != 4 {
 		t.Errorf("events_appended_total = %v, want 4", v)
 	}
+	if v := sample(t, mfs, "jetsync_bridge_grouped_appends_total"); v != 1 {
+		t.Errorf("grouped_appends_total = %v, want 1 (the 4-event append went through group commit)", v)
+	}
 	r := do(t, http.MethodPost, url+"/metrics", "")
 	wantStatus(t, r, http.StatusMethodNotAllowed)
 }

@@ -44,6 +44,7 @@ const (
 	modeBatch                     // one jetstreamext.PublishMsgBatch per append
 	modeGrouped                   // appends of several clients gathered into one atomic batch
 	modePacked                    // one message per append, the events as a JSON array
+	modeFloor                     // HTTP to floorFront: HTTP plus one publish, nothing else
 )
 
 // appendsRow is one line of the table.
@@ -62,11 +63,12 @@ func appendsRows() []appendsRow {
 	return []appendsRow{
 		{label: "HTTP, 1 event, 32 clients, own stream each, expectedVersion", category: "httpone", mode: modeHTTP, events: 1, clients: appendsClients, pair: 0, vs: 1},
 		{label: "raw: sync PublishMsg, 1 event, 32 clients, expected last subject seq", category: "rawone", mode: modeRaw, events: 1, clients: appendsClients, pair: 0, vs: -1},
-		{label: "HTTP, 5 events, 32 clients, own stream each, expectedVersion", category: "httpfive", mode: modeHTTP, events: 5, clients: appendsClients, pair: 1, vs: 3},
+		{label: "HTTP floor: a front that only reads the body, publishes it (PublishMsg, expected last subject seq) and answers; 1 event, 32 clients", category: "floorone", mode: modeFloor, events: 1, clients: appendsClients, pair: 0, vs: 1},
+		{label: "HTTP, 5 events, 32 clients, own stream each, expectedVersion", category: "httpfive", mode: modeHTTP, events: 5, clients: appendsClients, pair: 1, vs: 4},
 		{label: "raw: atomic batch of 5 (PublishMsgBatch), 32 clients: the per-batch floor", category: "rawfive", mode: modeBatch, events: 5, clients: appendsClients, pair: 1, vs: -1},
 		{label: "raw probe: group commit, 5 events, 32 clients, pending appends in one atomic batch, 1 in flight", category: "rawgroup", mode: modeGrouped, events: 5, clients: appendsClients, pair: 1, vs: -1},
 		{label: "raw probe: 5 events packed in one message (JSON array), 32 clients, sync PublishMsg", category: "rawpacked", mode: modePacked, events: 5, clients: appendsClients, pair: 1, vs: -1},
-		{label: "HTTP, 1 event, 1 client", category: "httpsolo", mode: modeHTTP, events: 1, clients: 1, pair: 2, vs: 7},
+		{label: "HTTP, 1 event, 1 client", category: "httpsolo", mode: modeHTTP, events: 1, clients: 1, pair: 2, vs: 8},
 		{label: "raw: sync PublishMsg, 1 event, 1 client", category: "rawsolo", mode: modeRaw, events: 1, clients: 1, pair: 2, vs: -1},
 		{label: "HTTP contended: 1 event, 8 clients on one stream, 409 → re-read version, retry", category: "httpcontone", mode: modeHTTP, events: 1, clients: contendedClients, contended: true, pair: 3, vs: -1},
 		{label: "HTTP contended: 5 events, 8 clients on one stream, 409 → re-read version, retry", category: "httpcontfive", mode: modeHTTP, events: 5, clients: contendedClients, contended: true, pair: 4, vs: -1},
@@ -96,15 +98,17 @@ type clientStats struct {
 // appendsEnv is the phase's own `bridge serve`, its embedded NATS server,
 // and the raw loaders' connection to that server.
 type appendsEnv struct {
-	b    *bench
-	p    *proc
-	url  string // the bridge's HTTP API
-	nc   *nats.Conn
-	js   jetstream.JetStream
-	c    *http.Client
-	run  string       // prefix of every stream id and event id: unique to this run
-	ids  atomic.Int64 // event ids handed out
-	once sync.Once
+	b        *bench
+	p        *proc
+	url      string // the bridge's HTTP API
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	c        *http.Client
+	floor    *proc // the floor front's process
+	floorURL string
+	run      string       // prefix of every stream id and event id: unique to this run
+	ids      atomic.Int64 // event ids handed out
+	once     sync.Once
 }
 
 // appendsPhase measures the append rows, -reps times each, and prints the
@@ -168,6 +172,7 @@ func (b *bench) startAppendsEnv(ctx context.Context) *appendsEnv {
 		b.fatalf("appends: connecting to the bridge's embedded NATS: %v", err)
 	}
 	a.js, _ = jetstream.New(a.nc)
+	a.floor, a.floorURL = b.startFloorFront(fmt.Sprintf("nats://127.0.0.1:%d", natsPort))
 	if _, err := a.js.Stream(ctx, natsutil.DefaultStream); err != nil {
 		b.fatalf("appends: the bridge's stream %s: %v", natsutil.DefaultStream, err)
 	}
@@ -177,6 +182,9 @@ func (b *bench) startAppendsEnv(ctx context.Context) *appendsEnv {
 // close disconnects and stops the bridge; safe to call twice.
 func (a *appendsEnv) close() {
 	a.once.Do(func() {
+		if a.floor != nil && !a.floor.exited() {
+			_, _ = a.floor.stop()
+		}
 		if a.nc != nil {
 			a.nc.Close()
 		}
@@ -231,7 +239,12 @@ type appendAnswer struct {
 // request and for every answer but 200; the status code is 0 when there
 // was no answer.
 func (a *appendsEnv) post(category, stream string, expected uint64, body []byte) (appendAnswer, int, error) {
-	url := fmt.Sprintf("%s/streams/%s/%s/events?expectedVersion=%d", a.url, category, stream, expected)
+	return a.postTo(a.url, category, stream, expected, body)
+}
+
+// postTo is post to another front with the same API (floorFront).
+func (a *appendsEnv) postTo(base, category, stream string, expected uint64, body []byte) (appendAnswer, int, error) {
+	url := fmt.Sprintf("%s/streams/%s/%s/events?expectedVersion=%d", base, category, stream, expected)
 	resp, err := a.c.Post(url, "application/json", bytes.NewReader(body))
 	if err != nil {
 		return appendAnswer{}, 0, err
@@ -297,19 +310,30 @@ func (a *appendsEnv) runRow(ctx context.Context, row appendsRow, rep int, dur ti
 	if row.mode == modeGrouped {
 		gc = startGroupCommitter(a.js, row.clients)
 	}
-	pid := a.p.cmd.Process.Pid
-	server0, driver0 := procCPU(pid), selfCPU()
+	pids := []int{a.p.cmd.Process.Pid}
+	if row.mode == modeFloor {
+		pids = append(pids, a.floor.cmd.Process.Pid)
+	}
+	serverCPU := func() (d time.Duration) {
+		for _, pid := range pids {
+			d += procCPU(pid)
+		}
+		return d
+	}
+	server0, driver0 := serverCPU(), selfCPU()
 	r, sts := drive(row.clients, dur, func(cl int, deadline time.Time, st *clientStats) {
 		switch {
 		case row.contended:
 			a.contendedAppender(row, shared, deadline, st)
 		case row.mode == modeHTTP:
-			a.httpAppender(row, stream(cl), deadline, st)
+			a.httpAppender(row, a.url, stream(cl), deadline, st)
+		case row.mode == modeFloor:
+			a.httpAppender(row, a.floorURL, stream(cl), deadline, st)
 		default:
 			a.rawAppender(ctx, row, stream(cl), gc, deadline, st)
 		}
 	})
-	r.server, r.driver = procCPU(pid)-server0, selfCPU()-driver0
+	r.server, r.driver = serverCPU()-server0, selfCPU()-driver0
 	if gc != nil {
 		gc.stop()
 		r.groups = gc.groups.Load()
@@ -326,12 +350,12 @@ func (a *appendsEnv) runRow(ctx context.Context, row appendsRow, rep int, dur ti
 
 // httpAppender appends to its own stream, tracking the version from the
 // answers.
-func (a *appendsEnv) httpAppender(row appendsRow, stream string, deadline time.Time, st *clientStats) {
+func (a *appendsEnv) httpAppender(row appendsRow, base, stream string, deadline time.Time, st *clientStats) {
 	var version uint64
 	for time.Now().Before(deadline) {
 		body := appendBody(a.events(row.category, stream, version, row.events))
 		t0 := time.Now()
-		ans, _, err := a.post(row.category, stream, version, body)
+		ans, _, err := a.postTo(base, row.category, stream, version, body)
 		lat := time.Since(t0)
 		if err != nil {
 			a.b.fatalf("appends: %s: append to %s at version %d: %v", row.label, stream, version, err)
@@ -635,7 +659,7 @@ func (b *bench) appendsTable(rows []appendsRow, runs [][]appendRun, dur time.Dur
 	p50 := func(r appendRun) time.Duration { return r.p50 }
 	p99 := func(r appendRun) time.Duration { return r.p99 }
 	fmt.Fprintf(w, "\n## Appends: the bridge's append API against raw JetStream (`bridge serve` with its embedded NATS; %s per row)\n\n", dur)
-	fmt.Fprintf(w, "Every row appends ~%d B events (the workload's data and metadata) to the EVENTS stream of the bridge's embedded server, each append guarded by its stream's version (HTTP: ?expectedVersion=N; raw: Nats-Expected-Last-Subject-Sequence on its first message). Latency: per append, from sending the request to its answer. HTTP / raw: per-repetition ratio of appends/s, median. CPU in %% of one core: the bridge process (HTTP and embedded nats-server; for raw rows the server alone), and this process (the load).\n\n",
+	fmt.Fprintf(w, "Every row appends ~%d B events (the workload's data and metadata) to the EVENTS stream of the bridge's embedded server, each append guarded by its stream's version (HTTP: ?expectedVersion=N; raw: Nats-Expected-Last-Subject-Sequence on its first message). Latency: per append, from sending the request to its answer. HTTP / raw: per-repetition ratio of appends/s, median. CPU in %% of one core: the bridge process (HTTP and embedded nats-server; for raw rows the server alone; for the floor row the server plus the floor front's process), and this process (the load).\n\n",
 		b.rd.dataBytes[len(b.rd.data)]/int64(len(b.rd.data)))
 	fmt.Fprintln(w, "| | appends/s | events/s | p50 | p99 | HTTP / raw | CPU bridge proc + driver | notes |")
 	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---|")
@@ -694,4 +718,7 @@ func (b *bench) appendsTable(rows []appendsRow, runs [][]appendRun, dur time.Dur
 	fmt.Fprintf(w, "- 5-event appends ≥ 10k/s, p99 ≤ 10 ms: row %d %.0f appends/s, p99 %s: %s\n", h5+1, h5rate, ms(h5p99), met(h5rate >= 10_000 && h5p99 <= 10*time.Millisecond))
 	fmt.Fprintf(w, "- 1-event HTTP ≥ 0.5 of raw, p99 ≤ 5 ms: row %d / row %d = %.2f, p99 %s: %s\n", h1+1, rows[h1].vs+1, h1ratio, ms(h1p99), met(h1ratio >= 0.5 && h1p99 <= 5*time.Millisecond))
 	fmt.Fprintf(w, "- 5-event events/s ≥ 1-event appends/s: row %d %.0f events/s, row %d %.0f appends/s: %s\n", h5+1, h5events, h1+1, h1rate, met(h5events >= h1rate))
+	fl := find(modeFloor, 1, appendsClients)
+	fmt.Fprintf(w, "\nbounds on this machine (same run): HTTP floor / raw = %.2f (row %d / row %d): the most any HTTP front reaches here against raw publishing; bridge / HTTP floor = %.2f (row %d / row %d): what the bridge's own work (decoding, validation, versions, ids, answers) costs.\n",
+		ratio(runValues(runs[fl], rate), runValues(runs[rows[fl].vs], rate)), fl+1, rows[fl].vs+1, ratio(runValues(runs[h1], rate), runValues(runs[fl], rate)), h1+1, fl+1)
 }

@@ -103,6 +103,13 @@ func (b *bench) logf(format string, args ...any) {
 }
 
 func main() {
+	if len(os.Args) == 4 && os.Args[1] == floorFrontArg {
+		if err := serveFloorFront(os.Args[2], os.Args[3]); err != nil {
+			fmt.Fprintln(os.Stderr, "jetbench floor-front:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	var b bench
 	flag.IntVar(&b.n, "n", 1_000_000, "events preloaded into the stream for the catch-up")
 	flag.IntVar(&b.streams, "streams", 10_000, "event streams (aggregates) the events are spread over")
