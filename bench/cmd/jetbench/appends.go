@@ -55,6 +55,7 @@ type appendsRow struct {
 	events    int // per append
 	clients   int
 	contended bool // every client appends to the same stream
+	r3        bool // raw rows: against an R3 stream on a 3-node cluster in this process
 	pair      int  // rows of a pair run together; HTTP and raw order alternates per repetition
 	vs        int  // HTTP rows: the raw row compared with (index), -1 for none
 }
@@ -72,6 +73,9 @@ func appendsRows() []appendsRow {
 		{label: "raw: sync PublishMsg, 1 event, 1 client", category: "rawsolo", mode: modeRaw, events: 1, clients: 1, pair: 2, vs: -1},
 		{label: "HTTP contended: 1 event, 8 clients on one stream, 409 → re-read version, retry", category: "httpcontone", mode: modeHTTP, events: 1, clients: contendedClients, contended: true, pair: 3, vs: -1},
 		{label: "HTTP contended: 5 events, 8 clients on one stream, 409 → re-read version, retry", category: "httpcontfive", mode: modeHTTP, events: 5, clients: contendedClients, contended: true, pair: 4, vs: -1},
+		{label: "raw R3 (3-node cluster in this process): sync PublishMsg, 1 event, 32 clients", category: "rthreeone", mode: modeRaw, events: 1, clients: appendsClients, r3: true, pair: 5, vs: -1},
+		{label: "raw R3: atomic batch of 5 per append, 32 clients (batches staged in memory)", category: "rthreefive", mode: modeBatch, events: 5, clients: appendsClients, r3: true, pair: 5, vs: -1},
+		{label: "raw R3 probe: group commit, 5 events, 32 clients, 1 in flight", category: "rthreegroup", mode: modeGrouped, events: 5, clients: appendsClients, r3: true, pair: 5, vs: -1},
 	}
 }
 
@@ -106,6 +110,9 @@ type appendsEnv struct {
 	c        *http.Client
 	floor    *proc // the floor front's process
 	floorURL string
+	cluster  *natsCluster // R3 rows, started with the first of them
+	ncR3     *nats.Conn
+	jsR3     jetstream.JetStream
 	run      string       // prefix of every stream id and event id: unique to this run
 	ids      atomic.Int64 // event ids handed out
 	once     sync.Once
@@ -179,9 +186,32 @@ func (b *bench) startAppendsEnv(ctx context.Context) *appendsEnv {
 	return a
 }
 
+// r3 starts the 3-node cluster and its R3 stream the first time a row
+// needs them.
+func (a *appendsEnv) r3(ctx context.Context) jetstream.JetStream {
+	if a.jsR3 == nil {
+		a.b.logf("appends: starting a 3-node JetStream cluster for the R3 rows")
+		c, err := startCluster(filepath.Join(a.b.dir, "appends-cluster"))
+		if err != nil {
+			a.b.fatalf("appends: %v", err)
+		}
+		a.cluster = c
+		if a.ncR3, a.jsR3, err = connectR3(ctx, c); err != nil {
+			a.b.fatalf("appends: %v", err)
+		}
+	}
+	return a.jsR3
+}
+
 // close disconnects and stops the bridge; safe to call twice.
 func (a *appendsEnv) close() {
 	a.once.Do(func() {
+		if a.ncR3 != nil {
+			a.ncR3.Close()
+		}
+		if a.cluster != nil {
+			a.cluster.stop()
+		}
 		if a.floor != nil && !a.floor.exited() {
 			_, _ = a.floor.stop()
 		}
@@ -306,9 +336,13 @@ func drive(clients int, dur time.Duration, f func(cl int, deadline time.Time, st
 func (a *appendsEnv) runRow(ctx context.Context, row appendsRow, rep int, dur time.Duration) appendRun {
 	stream := func(cl int) string { return fmt.Sprintf("%s-r%d-c%d", a.run, rep, cl) }
 	shared := fmt.Sprintf("%s-r%d", a.run, rep)
+	js := a.js
+	if row.r3 {
+		js = a.r3(ctx)
+	}
 	var gc *groupCommitter
 	if row.mode == modeGrouped {
-		gc = startGroupCommitter(a.js, row.clients)
+		gc = startGroupCommitter(js, row.clients)
 	}
 	pids := []int{a.p.cmd.Process.Pid}
 	if row.mode == modeFloor {
@@ -330,7 +364,7 @@ func (a *appendsEnv) runRow(ctx context.Context, row appendsRow, rep int, dur ti
 		case row.mode == modeFloor:
 			a.httpAppender(row, a.floorURL, stream(cl), deadline, st)
 		default:
-			a.rawAppender(ctx, row, stream(cl), gc, deadline, st)
+			a.rawAppender(ctx, js, row, stream(cl), gc, deadline, st)
 		}
 	})
 	r.server, r.driver = serverCPU()-server0, selfCPU()-driver0
@@ -400,7 +434,7 @@ func (a *appendsEnv) contendedAppender(row appendsRow, stream string, deadline t
 
 // rawAppender appends to its own subject straight to JetStream, each append
 // guarded by the subject's last sequence as the bridge's are.
-func (a *appendsEnv) rawAppender(ctx context.Context, row appendsRow, stream string, gc *groupCommitter, deadline time.Time, st *clientStats) {
+func (a *appendsEnv) rawAppender(ctx context.Context, js jetstream.JetStream, row appendsRow, stream string, gc *groupCommitter, deadline time.Time, st *clientStats) {
 	var version, last uint64 // the stream's version and its subject's last sequence
 	for time.Now().Before(deadline) {
 		evs := a.events(row.category, stream, version, row.events)
@@ -422,12 +456,12 @@ func (a *appendsEnv) rawAppender(ctx context.Context, row appendsRow, stream str
 				a.b.fatalf("appends: %s: %d messages for one publish", row.label, len(msgs))
 			}
 			var ack *jetstream.PubAck
-			if ack, err = a.js.PublishMsg(ctx, msgs[0]); err == nil {
+			if ack, err = js.PublishMsg(ctx, msgs[0]); err == nil {
 				last = ack.Sequence
 			}
 		case modeBatch:
 			var ack *jetstreamext.BatchAck
-			if ack, err = jetstreamext.PublishMsgBatch(ctx, a.js, msgs); err == nil {
+			if ack, err = jetstreamext.PublishMsgBatch(ctx, js, msgs); err == nil {
 				last = ack.Sequence
 			}
 		case modeGrouped:
@@ -670,6 +704,9 @@ func (b *bench) appendsTable(rows []appendsRow, runs [][]appendRun, dur time.Dur
 			vs = fmt.Sprintf("%.2f (÷ row %d)", ratio(runValues(rs, rate), runValues(runs[row.vs], rate)), row.vs+1)
 		}
 		var notes []string
+		if row.r3 {
+			notes = append(notes, "the cluster runs in this process: its CPU is in the driver's")
+		}
 		if row.mode == modeGrouped {
 			notes = append(notes, fmt.Sprintf("%.1f appends per group batch", median(runValues(rs, func(r appendRun) float64 { return float64(r.appends) / float64(max(r.groups, 1)) }))))
 		}
