@@ -6,7 +6,9 @@
 //	                                       behind their aliases, then swap
 //
 // Exit codes: 0 after a clean stop (or a finished rebuild), 2 for a bad
-// configuration or command line, 1 for anything else.
+// configuration or command line, 1 for anything else (a rebuild that cannot
+// finish, e.g. at an event the new index refuses, exits 1 with the event
+// named, its aliases and old indices as they were).
 package main
 
 import (
@@ -35,7 +37,7 @@ import (
 func main() { os.Exit(run(os.Args[1:])) }
 
 const usage = `usage: sink-es [run] -config FILE
-       sink-es rebuild -config FILE [-keep-old]
+       sink-es rebuild -config FILE [-keep-old] [-keep-failed]
 (the command may also follow the flags: sink-es -config FILE rebuild, as in
 docker compose run sink-es rebuild)`
 
@@ -48,6 +50,7 @@ func run(args []string) int {
 	fs.Usage = func() { fmt.Fprintln(os.Stderr, usage); fs.PrintDefaults() }
 	path := fs.String("config", "", "YAML config file; JETSYNC_* environment variables override it (e.g. JETSYNC_ELASTICSEARCH_PASSWORD)")
 	keepOld := fs.Bool("keep-old", false, "rebuild: keep the old indices (read-only) instead of deleting them; overrides rebuild.keep_old")
+	keepFailed := fs.Bool("keep-failed", false, "rebuild: if it fails before the swap, keep the unfinished new indices (for inspection) instead of deleting them")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -78,7 +81,7 @@ func run(args []string) int {
 	if cmd == "rebuild" {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 		defer stop()
-		ro := search.RebuildOptions{}
+		ro := search.RebuildOptions{KeepFailed: *keepFailed}
 		fs.Visit(func(f *flag.Flag) {
 			if f.Name == "keep-old" {
 				ro.KeepOld = keepOld

@@ -457,7 +457,8 @@ func TestElasticsearchRebuildCommand(t *testing.T) {
 }
 
 // appendAllFrom is appendAll for a workload whose streams are already at
-// version from (expectedVersion continues from there).
+// version from (expectedVersion continues from there); like appendAll, it
+// sends a request again on 503 or a lost connection.
 func (w *workload) appendAllFrom(s *stack, from, perRequest, workers int) error {
 	shifted := &workload{streams: w.streams, events: map[string][]appendReq{}, positions: map[string][]uint64{}}
 	for _, sid := range w.streams {
@@ -478,9 +479,9 @@ func (w *workload) appendAllFrom(s *stack, from, perRequest, workers int) error 
 				for lo := from; lo < len(evs); lo += perRequest {
 					hi := min(lo+perRequest, len(evs))
 					body, _ := json.Marshal(evs[lo:hi])
-					code, resp := s.post("/streams/order/"+sid+"/events?expectedVersion="+strconv.Itoa(lo), body)
+					code, resp := s.postRetrying("/streams/order/"+sid+"/events?expectedVersion="+strconv.Itoa(lo), body)
 					var ar appendResp
-					if code != 200 || json.Unmarshal(resp, &ar) != nil || len(ar.Positions) != hi-lo {
+					if (code != 200 && code != 201) || json.Unmarshal(resp, &ar) != nil || len(ar.Positions) != hi-lo {
 						errs <- fmt.Errorf("append to %s: %d %s", sid, code, resp)
 						return
 					}

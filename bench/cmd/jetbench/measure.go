@@ -387,7 +387,8 @@ func scrapeBatchSize(admin string) float64 {
 type engine struct {
 	eng    *sink.Engine
 	cancel context.CancelFunc
-	done   chan error
+	done   chan struct{} // closed when Run returned; err is then its result
+	err    error
 }
 
 func (b *bench) startEngine(redisAddr string, bs batchSettings) *engine {
@@ -408,14 +409,17 @@ func (b *bench) startEngine(redisAddr string, bs batchSettings) *engine {
 		b.fatalf("%v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &engine{eng: eng, cancel: cancel, done: make(chan error, 1)}
-	go func() { e.done <- eng.Run(ctx) }()
+	e := &engine{eng: eng, cancel: cancel, done: make(chan struct{})}
+	go func() { e.err = eng.Run(ctx); close(e.done) }()
 	return e
 }
 
+// stop cancels the engine and returns Run's result; it may follow a wait
+// that already saw the engine end (the result is read, not received).
 func (e *engine) stop() error {
 	e.cancel()
-	return <-e.done
+	<-e.done
+	return e.err
 }
 
 // engineCatchUp times the in-process engine from 0 to position n (or for
@@ -438,7 +442,8 @@ func (b *bench) engineCatchUp(ctx context.Context, redisAddr string, n int, bs b
 	var errRun error
 	at, err := b.watch.waitFor(uint64(n), limit, func() error {
 		select {
-		case errRun = <-e.done:
+		case <-e.done:
+			errRun = e.err
 			return fmt.Errorf("engine stopped: %v", errRun)
 		default:
 			return nil

@@ -26,10 +26,16 @@ type RebuildOptions struct {
 	// KeepOld keeps the previous indices (with a write block) instead of
 	// deleting them; it overrides rebuild.keep_old when set.
 	KeepOld *bool
+	// KeepFailed keeps the new, unfinished indices of a rebuild that fails
+	// before the swap (for inspection) instead of deleting them.
+	KeepFailed bool
 	// Poll is how often the rebuild's progress is checked (default 100ms).
 	Poll time.Duration
 	// EngineOptions are passed to the rebuild's engine (observer, dead letters).
 	EngineOptions []sink.Option
+
+	// afterBlock, for tests, runs right after the write block is set.
+	afterBlock func()
 }
 
 // RebuildResult says what a rebuild did.
@@ -49,10 +55,11 @@ type RebuildResult struct {
 //  1. a new index <alias>-<time> per alias, with the configured settings and
 //     mappings; a second engine, sink <name>-rebuild-<time> with its own
 //     checkpoint (0) in the KV bucket, writes into them;
-//  2. when it has caught up with the stream head of the sink's filters, the
-//     old indices get a write block: the live sink's writes to them are
-//     refused as retryable and wait; the rebuild catches up with the head
-//     once more (everything the live sink wrote is then in the new indices);
+//  2. when it has caught up with the stream head of the sink's filters (is
+//     less than a batch behind it), the old indices get a write block: the
+//     live sink's writes to them are refused as retryable and wait; the
+//     rebuild catches up with the head once more (everything the live sink
+//     wrote is then in the new indices);
 //  3. one _aliases request moves every alias to its new index atomically;
 //     the live sink's waiting writes go through the alias to the new index
 //     (a version conflict there means already applied);
@@ -61,8 +68,11 @@ type RebuildResult struct {
 //
 // Reads through an alias see the old index, complete, until the swap, and
 // the new one, complete and refreshed, after it. If anything fails before
-// the swap, the write block is lifted and the new indices are deleted.
-func Rebuild(ctx context.Context, cfg Config, js jetstream.JetStream, store checkpoint.Store, log *slog.Logger, opts RebuildOptions) (*RebuildResult, error) {
+// the swap (with on_error "stop", an event the new indices refuse; the
+// error then names it and wraps sink.ErrStopped), every alias stays on its
+// old index, the write block is lifted, the new indices are deleted (kept
+// with KeepFailed), and the error says so.
+func Rebuild(ctx context.Context, cfg Config, js jetstream.JetStream, store checkpoint.Store, log *slog.Logger, opts RebuildOptions) (_ *RebuildResult, err error) {
 	start := time.Now()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -101,11 +111,17 @@ func Rebuild(ctx context.Context, cfg Config, js jetstream.JetStream, store chec
 		res.Old[alias] = idx[0]
 	}
 
+	stream, err := js.Stream(ctx, cfg.Stream)
+	if err != nil {
+		return nil, fmt.Errorf("%w: stream %s: %w", ErrRebuild, cfg.Stream, err)
+	}
+
 	now := time.Now()
 	res.Sink = cfg.Name + "-rebuild-" + now.UTC().Format("20060102-150405")
 	log = log.With("rebuild", res.Sink)
-	cleanup := &rebuildCleanup{es: es, js: js, bucket: cfg.Checkpoint.Bucket, sink: res.Sink, timeout: timeout, log: log}
-	defer cleanup.run(ctx)
+	cleanup := &rebuildCleanup{es: es, js: js, bucket: cfg.Checkpoint.Bucket, sink: res.Sink, timeout: timeout, log: log,
+		aliases: aliases, old: res.Old, new: res.New, keepFailed: opts.KeepFailed, stopWait: cfg.ShutdownTimeout + 15*time.Second}
+	defer func() { err = cleanup.run(ctx, err) }()
 	for _, alias := range aliases {
 		idx := NewIndexName(alias, now)
 		if err := createIndex(ctx, es, timeout, idx, indexBody(cfg.Indices[alias], cfg.Elasticsearch.PositionField, ""), "indices."+alias); err != nil {
@@ -126,23 +142,15 @@ func Rebuild(ctx context.Context, cfg Config, js jetstream.JetStream, store chec
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrRebuild, err)
 	}
-	engCtx, stopEngine := context.WithCancel(context.WithoutCancel(ctx))
-	engDone := make(chan error, 1)
-	go func() { engDone <- eng.Run(engCtx) }()
-	cleanup.stopEngine = func() error {
-		stopEngine()
-		return <-engDone
-	}
+	run := startEngine(ctx, eng)
+	cleanup.engine = run
 
-	stream, err := js.Stream(ctx, cfg.Stream)
-	if err != nil {
-		return nil, fmt.Errorf("%w: stream %s: %w", ErrRebuild, cfg.Stream, err)
-	}
-	head := func() (uint64, error) { return natsutil.LastPosition(ctx, stream, cfg.Filters) }
-	wait := func(pos uint64) error { return waitCheckpoint(ctx, eng, engDone, pos, opts.Poll, log) }
+	head := func() (uint64, error) { return lastPosition(ctx, stream, cfg.Filters, cfg.Retry, log) }
+	wait := func(pos uint64) error { return waitCheckpoint(ctx, run, pos, opts.Poll, log) }
 
 	// 1. Catch up while the live sink writes to the old indices, until the
-	// head moves less than a batch while the rebuild catches up with it.
+	// rebuild is less than a batch behind the head: what the write block
+	// will have to wait for.
 	for {
 		h, err := head()
 		if err != nil {
@@ -155,7 +163,7 @@ func Rebuild(ctx context.Context, cfg Config, js jetstream.JetStream, store chec
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrRebuild, err)
 		}
-		if h2-h <= uint64(cfg.Batch.MaxEvents) {
+		if cp := eng.Stats().Checkpoint; cp >= h2 || h2-cp <= uint64(cfg.Batch.MaxEvents) {
 			break
 		}
 	}
@@ -169,6 +177,9 @@ func Rebuild(ctx context.Context, cfg Config, js jetstream.JetStream, store chec
 	cleanup.blocked = olds
 	if err := putSettings(ctx, es, timeout, olds, `{"index.blocks.write":true}`); err != nil {
 		return nil, fmt.Errorf("%w: blocking writes to %v: %w", ErrRebuild, olds, err)
+	}
+	if opts.afterBlock != nil {
+		opts.afterBlock()
 	}
 	h, err := head()
 	if err != nil {
@@ -202,10 +213,9 @@ func Rebuild(ctx context.Context, cfg Config, js jetstream.JetStream, store chec
 
 	// 4. Stop the rebuild, drop the old indices.
 	res.Events = eng.Stats().Applied
-	if err := cleanup.stopEngine(); err != nil {
+	if err := run.stop(cleanup.stopWait); err != nil {
 		log.Warn("rebuild engine stopped with an error after the swap", "err", err)
 	}
-	cleanup.stopEngine = nil
 	if keepOld {
 		log.Info("kept the old indices, read-only (index.blocks.write)", "indices", olds)
 	} else if err := deleteIndices(ctx, es, timeout, olds); err != nil {
@@ -231,13 +241,51 @@ func rebuildAliases(cfg *Config) ([]string, error) {
 	return sortedKeys(seen), nil
 }
 
-// waitCheckpoint polls until eng has applied pos, logging progress.
-func waitCheckpoint(ctx context.Context, eng *sink.Engine, done <-chan error, pos uint64, every time.Duration, log *slog.Logger) error {
+// engineRun is the rebuild's engine, running in a goroutine. Run's result
+// is received once, by that goroutine, and kept: waitCheckpoint and stop
+// may both look at it, in any order and as often as they like. (Receiving
+// it from a channel in both hung a rebuild whose engine had stopped by
+// itself: the second receive never returned.)
+type engineRun struct {
+	eng    *sink.Engine
+	cancel context.CancelFunc
+	done   chan struct{} // closed when Run has returned
+	err    error         // what Run returned, once done is closed
+}
+
+// startEngine runs eng until stop; ctx's values are kept, its cancellation
+// is not (stop decides when the engine ends).
+func startEngine(ctx context.Context, eng *sink.Engine) *engineRun {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	r := &engineRun{eng: eng, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		r.err = eng.Run(ctx)
+	}()
+	return r
+}
+
+// stop cancels the engine and returns what Run returned, waiting at most
+// timeout; it may be called again, and after Run returned by itself.
+func (r *engineRun) stop(timeout time.Duration) error {
+	r.cancel()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-r.done:
+		return r.err
+	case <-t.C:
+		return fmt.Errorf("the rebuild's engine did not stop within %s of cancellation (state %s)", timeout, r.eng.Stats().State)
+	}
+}
+
+// waitCheckpoint polls until the engine has applied pos, logging progress.
+func waitCheckpoint(ctx context.Context, run *engineRun, pos uint64, every time.Duration, log *slog.Logger) error {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	lastLog := time.Now()
 	for {
-		st := eng.Stats()
+		st := run.eng.Stats()
 		if st.Checkpoint >= pos {
 			return nil
 		}
@@ -245,12 +293,22 @@ func waitCheckpoint(ctx context.Context, eng *sink.Engine, done <-chan error, po
 			log.Info("rebuild progress", "checkpoint", st.Checkpoint, "head", pos, "state", st.State, "last_error", st.LastError)
 			lastLog = time.Now()
 		}
+		var halted <-chan time.Time
+		if st.State == sink.StateStopped {
+			// Run is returning, or (an engine that holds at a stop for an
+			// operator) will not: a rebuild cannot go on either way.
+			halted = time.After(time.Second)
+		}
 		select {
-		case err := <-done:
+		case <-run.done:
+			err := run.err
 			if err == nil {
 				err = errors.New("stopped")
 			}
-			return fmt.Errorf("%w: the rebuild's sink stopped at %d before reaching %d: %w", ErrRebuild, st.Checkpoint, pos, err)
+			return fmt.Errorf("%w: the rebuild's sink stopped at %d before reaching %d: %w", ErrRebuild, run.eng.Stats().Checkpoint, pos, err)
+		case <-halted:
+			st := run.eng.Stats()
+			return fmt.Errorf("%w: the rebuild's sink stopped at %d before reaching %d: %w: %s", ErrRebuild, st.Checkpoint, pos, sink.ErrStopped, st.LastError)
 		case <-ctx.Done():
 			return fmt.Errorf("%w: %w", ErrRebuild, ctx.Err())
 		case <-t.C:
@@ -258,7 +316,31 @@ func waitCheckpoint(ctx context.Context, eng *sink.Engine, done <-chan error, po
 	}
 }
 
-// rebuildCleanup undoes a rebuild that did not reach the swap.
+// lastPosition is natsutil.LastPosition, retried (like the engine retries)
+// while NATS cannot answer, e.g. during a restart.
+func lastPosition(ctx context.Context, stream jetstream.Stream, filters []string, rc sink.RetryConfig, log *slog.Logger) (uint64, error) {
+	wait := rc.Initial
+	for {
+		h, err := natsutil.LastPosition(ctx, stream, filters)
+		if err == nil {
+			return h, nil
+		}
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+		log.Warn("reading the stream head, retrying", "in", wait, "err", err)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+		wait = min(2*wait, rc.Max)
+	}
+}
+
+// rebuildCleanup stops the rebuild's engine and deletes its checkpoint;
+// for a rebuild that did not reach the swap, it also lifts the write block
+// and deletes (or keeps) the new indices, and says so in the error.
 type rebuildCleanup struct {
 	es         *elasticsearch.Client
 	js         jetstream.JetStream
@@ -266,35 +348,103 @@ type rebuildCleanup struct {
 	sink       string
 	timeout    time.Duration
 	log        *slog.Logger
-	created    []string
-	blocked    []string
-	swapped    bool
-	stopEngine func() error
+	aliases    []string
+	old, new   map[string]string // alias -> index, as in RebuildResult
+	keepFailed bool
+	stopWait   time.Duration // how long the engine may take to stop
+
+	engine  *engineRun // nil until started
+	created []string   // new indices
+	blocked []string   // old indices with a write block
+	swapped bool
 }
 
-func (c *rebuildCleanup) run(parent context.Context) {
+// run returns failure (nil after a rebuild that went through) with what it
+// did about it.
+func (c *rebuildCleanup) run(parent context.Context, failure error) error {
+	if c.engine != nil && !c.swapped { // after the swap, Rebuild stopped it
+		// An engine that stopped by itself returns its error again here;
+		// failure already holds it then.
+		if err := c.engine.stop(c.stopWait); err != nil && !errors.Is(failure, err) {
+			c.log.Warn("the rebuild's engine stopped with an error", "err", err)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), 30*time.Second)
 	defer cancel()
-	if c.stopEngine != nil {
-		_ = c.stopEngine()
-	}
+	var done []string
 	if !c.swapped {
-		if len(c.blocked) > 0 {
-			if err := putSettings(ctx, c.es, c.timeout, c.blocked, `{"index.blocks.write":null}`); err != nil {
-				c.log.Error("could not lift the write block of the old indices: lift it by hand (PUT <index>/_settings {\"index.blocks.write\":null})", "indices", c.blocked, "err", err)
+		done = c.undo(ctx)
+	}
+	if kv, err := c.js.KeyValue(ctx, c.bucket); err != nil {
+		c.log.Warn("could not delete the rebuild's checkpoint", "key", c.sink, "err", err)
+	} else if err := kv.Purge(ctx, c.sink); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		c.log.Warn("could not delete the rebuild's checkpoint", "key", c.sink, "err", err)
+	}
+	if failure == nil || len(done) == 0 {
+		return failure
+	}
+	return fmt.Errorf("%w; %s", failure, strings.Join(done, "; "))
+}
+
+// undo puts everything back as it was before the rebuild, as far as it
+// can, and returns what it found and did, one sentence each.
+func (c *rebuildCleanup) undo(ctx context.Context) []string {
+	var done []string
+	// Where every alias points now. Normally its old index; should the
+	// swap have gone through although its request failed (a timeout),
+	// the new index is live and must stay.
+	live := map[string]bool{}
+	for _, alias := range c.aliases {
+		idx, err := aliasIndices(ctx, c.es, alias, c.timeout)
+		switch {
+		case err != nil:
+			done = append(done, fmt.Sprintf("could not check alias %s (it pointed to %s before): %v", alias, c.old[alias], err))
+			if n, ok := c.new[alias]; ok {
+				live[n] = true // unknown: keep it
 			}
-		}
-		if len(c.created) > 0 {
-			if err := deleteIndices(ctx, c.es, c.timeout, c.created); err != nil {
-				c.log.Warn("could not delete the unfinished new indices", "indices", c.created, "err", err)
+		case len(idx) == 1 && idx[0] == c.old[alias]:
+			done = append(done, fmt.Sprintf("alias %s still points to the live index %s", alias, c.old[alias]))
+		default:
+			done = append(done, fmt.Sprintf("alias %s points to %v (it pointed to %s before): check it by hand", alias, idx, c.old[alias]))
+			for _, i := range idx {
+				live[i] = true
 			}
 		}
 	}
-	if kv, err := c.js.KeyValue(ctx, c.bucket); err == nil {
-		if err := kv.Purge(ctx, c.sink); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-			c.log.Warn("could not delete the rebuild's checkpoint", "key", c.sink, "err", err)
+	if len(c.blocked) > 0 {
+		if err := putSettings(ctx, c.es, c.timeout, c.blocked, `{"index.blocks.write":null}`); err != nil {
+			c.log.Error("could not lift the write block of the old indices: lift it by hand (PUT <index>/_settings {\"index.blocks.write\":null})", "indices", c.blocked, "err", err)
+			done = append(done, fmt.Sprintf("could not lift the write block of %s: lift it by hand: PUT %s/_settings {\"index.blocks.write\":null}; %v",
+				strings.Join(c.blocked, ", "), strings.Join(c.blocked, ","), err))
+		} else {
+			done = append(done, fmt.Sprintf("the write block of %s is lifted", strings.Join(c.blocked, ", ")))
 		}
 	}
+	var drop, keep []string
+	for _, idx := range c.created {
+		if live[idx] {
+			keep = append(keep, idx)
+		} else {
+			drop = append(drop, idx)
+		}
+	}
+	if len(keep) > 0 {
+		done = append(done, fmt.Sprintf("kept %s: an alias may point to it", strings.Join(keep, ", ")))
+	}
+	switch {
+	case len(drop) == 0:
+	case c.keepFailed:
+		done = append(done, fmt.Sprintf("the unfinished index %s is kept (-keep-failed); delete it when done: DELETE /%s",
+			strings.Join(drop, ", "), strings.Join(drop, ",")))
+	default:
+		if err := deleteIndices(ctx, c.es, c.timeout, drop); err != nil {
+			c.log.Warn("could not delete the unfinished new indices", "indices", drop, "err", err)
+			done = append(done, fmt.Sprintf("could not delete the unfinished index %s: delete it by hand; %v", strings.Join(drop, ", "), err))
+		} else {
+			done = append(done, fmt.Sprintf("the unfinished index %s is deleted (-keep-failed keeps it)", strings.Join(drop, ", ")))
+		}
+	}
+	return done
 }
 
 func putSettings(ctx context.Context, es *elasticsearch.Client, timeout time.Duration, indices []string, body string) error {
