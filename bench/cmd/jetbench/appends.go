@@ -69,7 +69,8 @@ func appendsRows() []appendsRow {
 		{label: "raw: atomic batch of 5 (PublishMsgBatch), 32 clients: the per-batch floor", category: "rawfive", mode: modeBatch, events: 5, clients: appendsClients, pair: 1, vs: -1},
 		{label: "raw probe: group commit, 5 events, 32 clients, pending appends in one atomic batch, 1 in flight", category: "rawgroup", mode: modeGrouped, events: 5, clients: appendsClients, pair: 1, vs: -1},
 		{label: "raw probe: 5 events packed in one message (JSON array), 32 clients, sync PublishMsg", category: "rawpacked", mode: modePacked, events: 5, clients: appendsClients, pair: 1, vs: -1},
-		{label: "HTTP, 1 event, 1 client", category: "httpsolo", mode: modeHTTP, events: 1, clients: 1, pair: 2, vs: 8},
+		{label: "raw: atomic batches of 1000 (the most one may hold), 4 clients: the events/s ceiling of one message per event through atomic batches", category: "rawthousand", mode: modeBatch, events: 1000, clients: 4, pair: 1, vs: -1},
+		{label: "HTTP, 1 event, 1 client", category: "httpsolo", mode: modeHTTP, events: 1, clients: 1, pair: 2, vs: 9},
 		{label: "raw: sync PublishMsg, 1 event, 1 client", category: "rawsolo", mode: modeRaw, events: 1, clients: 1, pair: 2, vs: -1},
 		{label: "HTTP contended: 1 event, 8 clients on one stream, 409 → re-read version, retry", category: "httpcontone", mode: modeHTTP, events: 1, clients: contendedClients, contended: true, pair: 3, vs: -1},
 		{label: "HTTP contended: 5 events, 8 clients on one stream, 409 → re-read version, retry", category: "httpcontfive", mode: modeHTTP, events: 5, clients: contendedClients, contended: true, pair: 4, vs: -1},
@@ -790,7 +791,8 @@ func (b *bench) appendsTable(rows []appendsRow, runs [][]appendRun, dur time.Dur
 	fmt.Fprintf(w, "- 5-event appends ≥ 10k/s, p99 ≤ 10 ms: row %d %.0f appends/s, p99 %s: %s\n", h5+1, h5rate, ms(h5p99), met(h5rate >= 10_000 && h5p99 <= 10*time.Millisecond))
 	fmt.Fprintf(w, "- 1-event HTTP ≥ 0.5 of raw, p99 ≤ 5 ms: row %d / row %d = %.2f, p99 %s: %s\n", h1+1, rows[h1].vs+1, h1ratio, ms(h1p99), met(h1ratio >= 0.5 && h1p99 <= 5*time.Millisecond))
 	fmt.Fprintf(w, "- 5-event events/s ≥ 1-event appends/s: row %d %.0f events/s, row %d %.0f appends/s: %s\n", h5+1, h5events, h1+1, h1rate, met(h5events >= h1rate))
-	fl := find(modeFloor, 1, appendsClients)
+	fl, th := find(modeFloor, 1, appendsClients), find(modeBatch, 1000, 4)
 	fmt.Fprintf(w, "\nbounds on this machine (same run): HTTP floor / raw = %.2f (row %d / row %d): the most any HTTP front reaches here against raw publishing; bridge / HTTP floor = %.2f (row %d / row %d): what the bridge's own work (decoding, validation, versions, ids, answers) costs.\n",
 		ratio(runValues(runs[fl], rate), runValues(runs[rows[fl].vs], rate)), fl+1, rows[fl].vs+1, ratio(runValues(runs[h1], rate), runValues(runs[fl], rate)), h1+1, fl+1)
+	fmt.Fprintf(w, "atomic batches on this stream carry at most %.0f events/s (row %d): 5-event appends at 10k/s need 50k.\n", median(runValues(runs[th], evRate)), th+1)
 }
