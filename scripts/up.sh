@@ -2,6 +2,11 @@
 # Runs the jetsync pipeline on this machine without Docker: the bridge with an
 # embedded NATS JetStream server (store in ./data/nats), a redis-server
 # (./data/redis) and sink-cache. Ctrl-C stops everything cleanly.
+#
+# A sink its error policy stops (on_error: stop) stays up, stopped: see
+# bin/jetsyncctl status, then skip or resume it. A sink that exits (crashes)
+# is reported and the rest keep running; any other process exiting stops
+# everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,6 +68,22 @@ Try:
   redis-cli -p ${REDIS_PORT} GET order:order-42
 Ctrl-C stops everything.
 MSG
-wait -n "${pids[@]}"
-echo "a process exited; stopping the rest" >&2
-exit 1
+# Name each process by its command (sink-cache, sink-es, redis-server, ...).
+declare -A names
+for p in "${pids[@]}"; do names[$p]=$(ps -o comm= -p "$p" 2>/dev/null || echo "pid $p"); done
+while :; do
+  code=0 exited=
+  wait -n -p exited "${pids[@]}" || code=$?
+  name="a process"
+  [ -n "${exited}" ] && name=${names[$exited]:-pid ${exited}}
+  if [[ $name != sink-* ]]; then
+    echo "${name} exited (code ${code}); stopping the rest" >&2
+    exit 1
+  fi
+  echo "make up: ${name} exited with code ${code}: it crashed (a sink stopped by its error policy stays up); see its log above." >&2
+  echo "make up: the rest keep running; bin/jetsyncctl status shows ${name} down. Ctrl-C stops everything." >&2
+  left=()
+  for p in "${pids[@]}"; do [ "$p" != "${exited}" ] && left+=("$p"); done
+  pids=("${left[@]}")
+  [ ${#pids[@]} -gt 0 ] || exit 1
+done

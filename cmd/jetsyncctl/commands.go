@@ -21,7 +21,9 @@ import (
 )
 
 // status prints one table of every sink. A sink that stopped reporting is
-// "down", and its head and lag are measured here instead.
+// "down", and its head and lag are measured here instead; one that is down
+// or starting shows the checkpoint it will resume from. Each sink stopped by
+// its error policy gets a paragraph: the event, the error, what to do.
 func (c *ctl) status(ctx context.Context) error {
 	all, err := c.control.Statuses(ctx)
 	if err != nil {
@@ -34,22 +36,68 @@ func (c *ctl) status(ctx context.Context) error {
 	tw := tabwriter.NewWriter(c.out, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SINK\tSTATE\tPOSITION\tHEAD\tLAG\tLAG(s)\tRATE/s\tLAST ERROR")
 	now := time.Now()
+	var stopped []control.Status
 	for _, st := range all {
-		if st.Stale(now) {
+		down := st.Stale(now)
+		var notes []string
+		if down || st.State == "starting" {
+			if cp, note, ok := c.resumeCheckpoint(ctx, st); ok {
+				st.Checkpoint = cp
+				if note != "" {
+					notes = append(notes, note)
+				}
+			}
+		}
+		switch {
+		case down:
 			if head, err := c.head(ctx, st.Filters); err == nil {
 				st.Head = head
-				st.LagEvents = 0
-				if head > st.Checkpoint {
-					st.LagEvents = head - st.Checkpoint
-				}
+			}
+			if st.Stopped != nil {
+				notes = append(notes, fmt.Sprintf("stopped at %d", st.Stopped.Position))
 			}
 			st.State = fmt.Sprintf("down (seen %s ago)", now.Sub(st.Updated).Round(time.Second))
 			st.Rate = 0
+		case st.State == "stopped" && st.Stopped != nil:
+			stopped = append(stopped, st)
+		}
+		if down || st.State == "starting" {
+			st.LagEvents = 0
+			if st.Head > st.Checkpoint {
+				st.LagEvents = st.Head - st.Checkpoint
+			}
+		}
+		if len(notes) > 0 {
+			st.State += " [" + strings.Join(notes, "; ") + "]"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%.1f\t%.0f\t%s\n", st.Name, st.State, st.Checkpoint, st.Head,
 			st.LagEvents, st.LagSeconds, st.Rate, oneLine(st.LastError, 60))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, st := range stopped {
+		printStopped(c.out, st)
+	}
+	return nil
+}
+
+// printStopped says where a sink stopped, why, and what the operator can do.
+func printStopped(out io.Writer, st control.Status) {
+	s := st.Stopped
+	id, typ := s.ID, s.Type
+	if id == "" {
+		id = "(no id)"
+	}
+	if typ == "" {
+		typ = "(unknown)"
+	}
+	fmt.Fprintf(out, "\n%s is stopped by its error policy (on_error: stop) since %s, at position %d (checkpoint %d):\n",
+		st.Name, s.Since.Local().Format(time.DateTime), s.Position, st.Checkpoint)
+	fmt.Fprintf(out, "  event:   %s, type %s, subject %s\n  error:   %s\n", id, typ, s.Subject, s.Error)
+	fmt.Fprintf(out, "  then:    jetsyncctl resume %[1]s   (after fixing the target: tries the event again)\n"+
+		"           jetsyncctl skip %[1]s     (dead-letters the event and reads on)\n"+
+		"           jetsyncctl reset %[1]s --to-seq N\n", st.Name)
 }
 
 func oneLine(s string, n int) string {
@@ -123,8 +171,8 @@ func (c *ctl) replay(ctx context.Context, args []string) error {
 			fmt.Fprintf(c.out, "%s caught up: %d events replayed to position %d in %s\n", st.Name, total, head, time.Since(start).Round(time.Millisecond))
 			return nil
 		}
-		if now.State == "stopped" && now.Updated.After(start) {
-			return fmt.Errorf("sink %s stopped while replaying: %s", st.Name, now.LastError)
+		if (now.State == "stopped" || now.State == "failed") && now.Updated.After(start) {
+			return fmt.Errorf("sink %s %s while replaying: %s (jetsyncctl status says more)", st.Name, now.State, now.LastError)
 		}
 		if err := sleep(ctx, 250*time.Millisecond); err != nil {
 			return fmt.Errorf("replay of %s not finished at position %d of %d: %w", st.Name, now.Checkpoint, head, err)

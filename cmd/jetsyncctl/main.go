@@ -1,9 +1,11 @@
-// Command jetsyncctl operates jetsync sinks: status, reset, replay and dead
-// letters. It talks only to NATS: sinks publish their status to, and pick
-// reset requests up from, the control bucket; dead letters live in the DLQ
-// stream.
+// Command jetsyncctl operates jetsync sinks: status, reset, replay, skip and
+// resume of a sink its error policy stopped, and dead letters. It talks only
+// to NATS: sinks publish their status to, and pick reset requests up from,
+// the control bucket; skip and resume are asked of the running sink
+// (request/reply); dead letters live in the DLQ stream.
 //
-// Exit codes: 0 done, 1 failed, 2 bad usage or input (nothing was changed).
+// Exit codes: 0 done, 1 failed, 2 bad usage or input, or an action that does
+// not apply to the sink as it is (nothing was changed).
 package main
 
 import (
@@ -13,18 +15,28 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/jetsync/jetsync/pkg/control"
 )
 
 const usage = `jetsyncctl: operate jetsync sinks
 
   jetsyncctl [-nats URL] [-stream NAME] COMMAND ...
 
-  status                          every sink: position, head, lag, rate, state, last error
+  status                          every sink: position, head, lag, rate, state, last error; for a
+                                  stopped sink the event it stopped at, the error, what to do
   reset  SINK --to-start | --to-seq N | --to-time RFC3339
-                                  move the sink's checkpoint; a running sink catches up by itself
+                                  move the sink's checkpoint; a running (or stopped) sink catches
+                                  up by itself, one that is down when it starts
                                   (--to-seq N: the sink applies N next)
   replay SINK (same flags) [--timeout 30m]
                                   reset, then follow with a progress bar until it has caught up
+  skip   SINK [--position N]      a sink its error policy stopped (state stopped): skip the event it
+                                  stopped at (stored as a dead letter, see dlq) and read on
+  resume SINK [--position N]      a stopped sink: try that event again (after fixing the target)
+                                  --position N: only if it is stopped at N. Skip and resume are
+                                  refused (exit 2, nothing changed) for a sink that is not stopped,
+                                  unknown or down
   dlq list    SINK                the sink's dead letters in position order
   dlq show    SINK SEQ            one dead letter: headers, error, data
   dlq retry   SINK [SEQ ...]      re-apply dead letters through the running sink (all when no SEQ)
@@ -42,7 +54,7 @@ func main() {
 	stop()
 	switch {
 	case err == nil:
-	case errors.Is(err, errUsage):
+	case errors.Is(err, errUsage), errors.Is(err, control.ErrRefused):
 		fmt.Fprintln(os.Stderr, "jetsyncctl:", err)
 		os.Exit(2)
 	default:

@@ -1,7 +1,8 @@
 // Package control is how operators and sinks talk: a NATS KV bucket where
 // every running sink publishes its status, and where jetsyncctl leaves reset
 // requests that the sink picks up by itself, whether it is running now or
-// starts later.
+// starts later; and actions that only a running sink can take, asked over
+// NATS request/reply (actions.go).
 package control
 
 import (
@@ -21,17 +22,10 @@ import (
 // Bucket is the KV bucket of the control plane.
 const Bucket = "jetsync-sinks"
 
-var (
-	// ErrUnknownSink means no sink of that name has ever reported.
-	ErrUnknownSink = errors.New("unknown sink")
-	// ErrBeyondHead means a reset asked for a position the stream has not reached.
-	ErrBeyondHead = errors.New("position is beyond the stream head")
-)
-
 // Status is what a sink reports about itself about once a second.
 type Status struct {
 	Name       string    `json:"name"`
-	State      string    `json:"state"` // catching-up, live, retrying, stopped
+	State      string    `json:"state"` // starting, catching-up, live, retrying, stopped, exited, failed
 	Checkpoint uint64    `json:"checkpoint"`
 	Head       uint64    `json:"head"`       // last position in the stream matching the sink's filters
 	LagEvents  uint64    `json:"lagEvents"`  // positions between checkpoint and head
@@ -42,6 +36,23 @@ type Status struct {
 	Filters    []string  `json:"filters"`
 	Admin      string    `json:"admin,omitempty"` // the sink's HTTP address (metrics, wait)
 	Updated    time.Time `json:"updated"`
+	// Stopped is the event the error policy "stop" holds the sink before
+	// (state stopped), waiting for jetsyncctl skip, resume or reset.
+	Stopped *Stop `json:"stopped,omitempty"`
+	// CheckpointBucket is the NATS KV bucket holding the sink's checkpoint
+	// (key: the sink's name), so jetsyncctl can read where a sink that is
+	// down will resume; empty when the target keeps the checkpoint.
+	CheckpointBucket string `json:"checkpointBucket,omitempty"`
+}
+
+// Stop is the event a sink's error policy stopped it at, and why.
+type Stop struct {
+	Position uint64    `json:"position"` // the checkpoint stays just before it
+	ID       string    `json:"id,omitempty"`
+	Type     string    `json:"type,omitempty"`
+	Subject  string    `json:"subject"`
+	Error    string    `json:"error"` // the target's reason
+	Since    time.Time `json:"since"`
 }
 
 // Stale reports whether the status is too old to describe a running sink.

@@ -36,8 +36,10 @@ type Lag struct {
 	Seconds    float64
 }
 
-// NewSink registers a sink's metrics. lag is called at each scrape.
-func NewSink(name string, lag func() Lag) *Sink {
+// NewSink registers a sink's metrics. lag and stoppedAt (the position the
+// error policy holds the sink at, 0 when it is not stopped) are called at
+// each scrape.
+func NewSink(name string, lag func() Lag, stoppedAt func() uint64) *Sink {
 	labels := prometheus.Labels{"sink": name}
 	opts := func(n, help string) prometheus.Opts {
 		return prometheus.Opts{Namespace: "jetsync", Subsystem: "sink", Name: n, Help: help, ConstLabels: labels}
@@ -67,6 +69,8 @@ func NewSink(name string, lag func() Lag) *Sink {
 		gauge("stream_head_position", "Last position in the stream matching the sink's filters.", func() float64 { return float64(lag().Head) }),
 		gauge("lag_events", "Positions between the checkpoint and the head.", func() float64 { return float64(lag().Events) }),
 		gauge("lag_seconds", "Age of the oldest event not applied yet (0 when caught up).", func() float64 { return lag().Seconds }),
+		gauge("stopped_position", "Position of the event the error policy stopped the sink at, waiting for an operator (jetsyncctl skip or resume); 0 while it is not stopped.",
+			func() float64 { return float64(stoppedAt()) }),
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}),
 	)
 	for _, k := range []string{"transient", "skipped", "dead-lettered", "stopped"} {

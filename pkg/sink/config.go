@@ -12,7 +12,10 @@ import (
 
 // Error policies for an event the target refuses for good.
 const (
-	OnErrorStop = "stop" // halt the sink with the checkpoint just before the event
+	// OnErrorStop halts the sink with the checkpoint just before the event;
+	// a sink service stays up, stopped, until an operator skips the event,
+	// resumes after fixing the target, or resets (sink.WithHoldOnStop).
+	OnErrorStop = "stop"
 	OnErrorSkip = "skip" // log the event with its position and move on
 	// OnErrorDeadLetter stores the event in the dlq.<sink> stream with the
 	// reason, then moves on; jetsyncctl dlq retry applies it later.

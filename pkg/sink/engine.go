@@ -56,8 +56,16 @@ type Option func(*Engine)
 // WithObserver reports measurements to o.
 func WithObserver(o Observer) Option { return func(e *Engine) { e.obs = o } }
 
-// WithDeadLetters sends refused events to d when on_error is "dead-letter".
+// WithDeadLetters sends refused events to d when on_error is "dead-letter",
+// and the event an operator skips (Skip) under "stop".
 func WithDeadLetters(d DeadLetterer) Option { return func(e *Engine) { e.dlq = d } }
+
+// WithHoldOnStop keeps Run going when the error policy "stop" halts the
+// sink: it holds before the event, connected and with the checkpoint just
+// before it (state stopped; Stopped says which event and why), until an
+// operator's Skip, Resume or Reset, or the end of ctx. Without it Run
+// returns the *StopError, which suits one-shot runs (rebuilds, tests).
+func WithHoldOnStop() Option { return func(e *Engine) { e.holdOnStop = true } }
 
 // Engine runs one sink: ordered consumer → batcher → writer → checkpoint.
 type Engine struct {
@@ -70,11 +78,13 @@ type Engine struct {
 	dlq   DeadLetterer
 	stats stats
 
+	holdOnStop   bool
 	resets       chan resetRequest
 	redeliveries chan redelivery
 
-	mu       sync.Mutex
-	advanced chan struct{} // closed and replaced whenever the checkpoint moves
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced whenever the checkpoint moves or the sink stops
+	held    *hold         // the stop the sink holds at, nil while it is not stopped
 }
 
 type resetRequest struct {
@@ -101,7 +111,7 @@ func New(cfg Config, js jetstream.JetStream, w Writer, store checkpoint.Store, l
 	}
 	e := &Engine{cfg: cfg, js: js, w: w, store: store, log: log.With("sink", cfg.Name),
 		obs: nopObserver{}, resets: make(chan resetRequest), redeliveries: make(chan redelivery),
-		advanced: make(chan struct{})}
+		changed: make(chan struct{})}
 	for _, o := range opts {
 		o(e)
 	}
@@ -119,7 +129,11 @@ func (nopObserver) Retried(error)                      {}
 func (nopObserver) EventFailed(string)                 {}
 
 // Stats returns the sink's counters.
-func (e *Engine) Stats() Snapshot { return e.stats.snapshot(e.cfg.Name) }
+func (e *Engine) Stats() Snapshot {
+	s := e.stats.snapshot(e.cfg.Name)
+	s.Stopped = e.Stopped()
+	return s
+}
 
 // Name is the sink's name.
 func (e *Engine) Name() string { return e.cfg.Name }
@@ -130,19 +144,30 @@ func (e *Engine) Config() Config { return e.cfg }
 // setCheckpoint records a new checkpoint and wakes WaitFor callers.
 func (e *Engine) setCheckpoint(pos uint64) {
 	e.stats.checkpoint.Store(pos)
+	e.stats.checkpointKnown.Store(true)
+	e.notify()
+}
+
+// notify wakes everyone waiting for the checkpoint or the state to change.
+func (e *Engine) notify() {
 	e.mu.Lock()
-	close(e.advanced)
-	e.advanced = make(chan struct{})
+	close(e.changed)
+	e.changed = make(chan struct{})
 	e.mu.Unlock()
+}
+
+// changes returns the channel the next change closes.
+func (e *Engine) changes() <-chan struct{} {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.changed
 }
 
 // WaitFor blocks until the sink has applied position pos (read-your-writes)
 // or ctx ends.
 func (e *Engine) WaitFor(ctx context.Context, pos uint64) error {
 	for {
-		e.mu.Lock()
-		ch := e.advanced
-		e.mu.Unlock()
+		ch := e.changes()
 		if e.stats.checkpoint.Load() >= pos {
 			return nil
 		}
@@ -204,14 +229,16 @@ type item struct {
 
 // Run consumes until ctx is cancelled, then flushes what it holds and saves
 // the checkpoint, taking at most cfg.ShutdownTimeout for that. It returns nil
-// after a clean stop, ErrStopped when the error policy halted it, and other
+// after a clean stop, a *StopError (ErrStopped) when the error policy halted
+// it (unless WithHoldOnStop: then it holds, see Skip and Resume), and other
 // errors when it could not go on.
 func (e *Engine) Run(ctx context.Context) (err error) {
 	defer func() {
-		e.stats.setState(StateStopped)
+		e.stats.setState(StateExited)
 		if err != nil {
 			e.stats.setError(err)
 		}
+		e.notify()
 	}()
 
 	// Writes may outlive ctx by ShutdownTimeout so the last batch lands.
@@ -220,6 +247,19 @@ func (e *Engine) Run(ctx context.Context) (err error) {
 	stopShutdownTimer := context.AfterFunc(ctx, func() { time.AfterFunc(e.cfg.ShutdownTimeout, wcancel) })
 	defer stopShutdownTimer()
 
+	if e.store != nil {
+		// Known before the target answers, so a sink still connecting (or
+		// waiting for its target) reports where it will resume, not 0.
+		if err := e.retry(ctx, "load checkpoint", func(ctx context.Context) error {
+			pos, err := e.loadCheckpoint(ctx)
+			if err == nil {
+				e.setCheckpoint(pos)
+			}
+			return err
+		}); err != nil {
+			return e.cleanStop(err)
+		}
+	}
 	if err := e.retry(ctx, "connect to target", e.w.Connect); err != nil {
 		return e.cleanStop(err)
 	}
@@ -243,7 +283,16 @@ func (e *Engine) Run(ctx context.Context) (err error) {
 
 		reset, err := e.runFrom(ctx, wctx, pos)
 		if reset == nil {
-			return e.cleanStop(err)
+			var stop *StopError
+			if !e.holdOnStop || !errors.As(err, &stop) {
+				return e.cleanStop(err)
+			}
+			if reset, err = e.holdAt(ctx, stop); err != nil {
+				return e.cleanStop(err)
+			}
+			if reset == nil {
+				continue // skipped or resumed: read on from the checkpoint
+			}
 		}
 		err = e.applyReset(wctx, reset.pos)
 		reset.done <- err
@@ -442,7 +491,7 @@ func (e *Engine) batchLoop(ctx context.Context, items <-chan item, consumerClose
 					if err := handOff(); err != nil {
 						return nil, err
 					}
-					return nil, fmt.Errorf("%w: %w", ErrStopped, it.bad.Err)
+					return nil, stopAtMalformed(*it.bad)
 				}
 				if err := e.giveUp(ctx, *it.bad); err != nil {
 					return nil, err
@@ -606,7 +655,7 @@ func (e *Engine) applyPolicy(ctx context.Context, b *Batch, be *BatchError) (*Ba
 		ev := b.Events[firstIdx]
 		e.log.Error("stopping at event the target refuses", "position", ev.Position, "id", ev.ID, "type", ev.Type, "err", failed[firstIdx])
 		e.obs.EventFailed("stopped")
-		stopErr := fmt.Errorf("%w: event %s (type %s) at position %d: %w", ErrStopped, ev.ID, ev.Type, ev.Position, failed[firstIdx])
+		stopErr := stopAt(ev, failed[firstIdx])
 		if ev.Position <= 1 || firstIdx == 0 && ev.Position-1 <= e.stats.checkpoint.Load() {
 			return nil, stopErr
 		}

@@ -13,7 +13,11 @@ const (
 	StateStarting State = "starting"
 	StateRunning  State = "running"
 	StateRetrying State = "retrying"
-	StateStopped  State = "stopped"
+	// StateStopped: the error policy "stop" holds the sink before an event
+	// (Snapshot.Stopped) and waits for an operator (WithHoldOnStop).
+	StateStopped State = "stopped"
+	// StateExited: Run has returned.
+	StateExited State = "exited"
 )
 
 // Snapshot is a consistent-enough copy of a sink's counters, read by metrics
@@ -29,12 +33,19 @@ type Snapshot struct {
 	Retries       uint64
 	LastError     string
 	LastFlushTime time.Duration
+	// CheckpointKnown is false until the checkpoint was read from the
+	// store that keeps it: Checkpoint is 0 then, not a position.
+	CheckpointKnown bool
+	// Stopped is the event the error policy holds the sink before: set in
+	// StateStopped, and kept when Run exits while stopped.
+	Stopped *StopError
 }
 
 // stats is written by the engine's goroutines and read through Snapshot.
 type stats struct {
 	checkpoint, applied, skipped, batches, bytes, retries atomic.Uint64
 	lastFlush                                             atomic.Int64
+	checkpointKnown                                       atomic.Bool
 
 	mu        sync.Mutex
 	state     State
@@ -67,5 +78,7 @@ func (s *stats) snapshot(name string) Snapshot {
 		Retries:       s.retries.Load(),
 		LastError:     s.lastError,
 		LastFlushTime: time.Duration(s.lastFlush.Load()),
+
+		CheckpointKnown: s.checkpointKnown.Load(),
 	}
 }

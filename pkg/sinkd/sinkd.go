@@ -2,8 +2,10 @@
 // checkpoint, control and dead-letter stores, runs the engine, serves the
 // admin HTTP endpoints (/metrics, /healthz, /readyz, /wait), publishes the
 // sink's status for jetsyncctl, and applies reset and dead-letter retry
-// requests while the sink runs. A sink's main.go is then: load the config,
-// build the Writer, call Run.
+// requests while the sink runs. A sink its error policy stops stays up,
+// stopped, for the operator's skip or resume (stopped.go; actions.go
+// answers them). A sink's main.go is then: load the config, build the
+// Writer, call Run.
 package sinkd
 
 import (
@@ -61,6 +63,12 @@ type Service struct {
 	http *http.Server
 	addr string // the admin server's address once listening
 
+	// cpBucket is the KV bucket of the checkpoint, "" when the target keeps
+	// it; lastCheckpoint is the checkpoint this sink last reported, shown
+	// until the engine has read its own from the target.
+	cpBucket       string
+	lastCheckpoint uint64
+
 	mu     sync.Mutex
 	lag    metrics.Lag
 	status control.Status
@@ -104,8 +112,15 @@ func New(ctx context.Context, cfg sink.Config, w sink.Writer, log *slog.Logger) 
 		case <-ctx.Done():
 		}
 	}
-	s.met = metrics.NewSink(cfg.Name, s.lagSnapshot)
-	if s.eng, err = sink.New(cfg, s.js, w, store, s.log, sink.WithObserver(s.met), sink.WithDeadLetters(s.dlq)); err != nil {
+	if _, ok := w.(sink.CheckpointWriter); !ok {
+		s.cpBucket = cfg.Checkpoint.Bucket
+	}
+	if prev, err := s.ctl.Status(ctx, cfg.Name); err == nil {
+		s.lastCheckpoint = prev.Checkpoint
+	}
+	s.met = metrics.NewSink(cfg.Name, s.lagSnapshot, s.stoppedAt)
+	if s.eng, err = sink.New(cfg, s.js, w, store, s.log, sink.WithObserver(s.met), sink.WithDeadLetters(s.dlq),
+		sink.WithHoldOnStop()); err != nil {
 		nc.Close()
 		return nil, err
 	}
@@ -145,6 +160,11 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	defer sub.Unsubscribe()
+	stopActions, err := s.serveActions(bg)
+	if err != nil {
+		return err
+	}
+	defer stopActions()
 	err = s.eng.Run(ctx)
 	s.publishStatus(context.WithoutCancel(ctx), err)
 	return err
@@ -171,14 +191,20 @@ func (s *Service) routes() http.Handler {
 	return mux
 }
 
-// readyz: connected to NATS and to the target, consumer running.
+// readyz: connected to NATS and to the target, consumer running; a sink
+// stopped by its error policy says at which event and why.
 func (s *Service) readyz(w http.ResponseWriter, r *http.Request) {
 	problems := []string{}
 	if !s.nc.IsConnected() {
 		problems = append(problems, "not connected to NATS")
 	}
-	if st := s.eng.Stats().State; st != sink.StateRunning {
-		problems = append(problems, "consumer "+string(st))
+	snap := s.eng.Stats()
+	stopped := snap.State == sink.StateStopped && snap.Stopped != nil
+	switch {
+	case stopped:
+		problems = append(problems, s.stoppedProblem(snap.Stopped))
+	case snap.State != sink.StateRunning:
+		problems = append(problems, "consumer "+string(snap.State))
 	}
 	if p, ok := s.w.(sink.Pinger); ok {
 		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
@@ -188,7 +214,11 @@ func (s *Service) readyz(w http.ResponseWriter, r *http.Request) {
 		cancel()
 	}
 	if len(problems) > 0 {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "problems": problems})
+		body := map[string]any{"ready": false, "problems": problems}
+		if stopped {
+			body["stopped"] = stopStatus(snap.Stopped)
+		}
+		writeJSON(w, http.StatusServiceUnavailable, body)
 		return
 	}
 	writeJSON(w, 200, map[string]any{"ready": true})
@@ -228,6 +258,15 @@ func (s *Service) lagSnapshot() metrics.Lag {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.lag
+}
+
+// stoppedAt is the position the error policy holds the sink at, 0 when it
+// is not stopped.
+func (s *Service) stoppedAt() uint64 {
+	if st := s.eng.Stopped(); st != nil {
+		return st.Position
+	}
+	return 0
 }
 
 // monitor measures head and lag once a second and publishes the status.
@@ -301,6 +340,11 @@ func (s *Service) eventStream(ctx context.Context) (jetstream.Stream, error) {
 // Run ended with, once it has.
 func (s *Service) publishStatus(ctx context.Context, runErr error) {
 	snap := s.eng.Stats()
+	if !snap.CheckpointKnown {
+		// Starting: the target keeping the checkpoint does not answer yet.
+		// Where this sink last reported beats 0 and the whole stream as lag.
+		snap.Checkpoint = s.lastCheckpoint
+	}
 	mctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	lag, err := s.measure(mctx, snap.Checkpoint)
@@ -315,7 +359,7 @@ func (s *Service) publishStatus(ctx context.Context, runErr error) {
 	}
 	st := control.Status{Name: s.cfg.Name, Checkpoint: snap.Checkpoint, Head: lag.Head, LagEvents: lag.Events,
 		LagSeconds: lag.Seconds, Applied: snap.Applied, LastError: snap.LastError, Filters: s.cfg.Filters,
-		Admin: s.addr, Updated: now}
+		Admin: s.addr, Updated: now, Stopped: stopStatus(snap.Stopped), CheckpointBucket: s.cpBucket}
 	if dt := now.Sub(prev.Updated).Seconds(); !prev.Updated.IsZero() && dt > 0 && snap.Applied >= prev.Applied {
 		st.Rate = float64(snap.Applied-prev.Applied) / dt
 	}
@@ -328,7 +372,7 @@ func (s *Service) publishStatus(ctx context.Context, runErr error) {
 		st.State = string(snap.State)
 	}
 	if runErr != nil {
-		st.State, st.LastError = "stopped", runErr.Error()
+		st.State, st.LastError = "failed", runErr.Error()
 	}
 	s.status = st
 	s.mu.Unlock()
