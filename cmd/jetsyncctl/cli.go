@@ -49,7 +49,7 @@ func run(ctx context.Context, args []string, out, errOut io.Writer) error {
 	if len(args) == 0 {
 		return usageErr("a command is required")
 	}
-	known := map[string]bool{"status": true, "reset": true, "replay": true, "dlq": true}
+	known := map[string]bool{"status": true, "reset": true, "replay": true, "dlq": true, "reload": true}
 	if !known[args[0]] {
 		return usageErr("unknown command %q", args[0])
 	}
@@ -76,6 +76,8 @@ func run(ctx context.Context, args []string, out, errOut io.Writer) error {
 		return err
 	case "replay":
 		return c.replay(ctx, args[1:])
+	case "reload":
+		return c.reload(ctx, args[1:])
 	default:
 		return c.dlq(ctx, args[1:])
 	}
