@@ -49,7 +49,7 @@ func run(ctx context.Context, args []string, out, errOut io.Writer) error {
 	if len(args) == 0 {
 		return usageErr("a command is required")
 	}
-	known := map[string]bool{"status": true, "reset": true, "replay": true, "dlq": true,
+	known := map[string]bool{"status": true, "reset": true, "replay": true, "dlq": true, "reload": true,
 		control.ActionSkip: true, control.ActionResume: true}
 	if !known[args[0]] {
 		return usageErr("unknown command %q", args[0])
@@ -79,6 +79,8 @@ func run(ctx context.Context, args []string, out, errOut io.Writer) error {
 		return c.replay(ctx, args[1:])
 	case control.ActionSkip, control.ActionResume:
 		return c.stopAction(ctx, args[0], args[1:])
+	case "reload":
+		return c.reload(ctx, args[1:])
 	default:
 		return c.dlq(ctx, args[1:])
 	}

@@ -37,6 +37,11 @@ const usage = `jetsyncctl: operate jetsync sinks
                                   --position N: only if it is stopped at N. Skip and resume are
                                   refused (exit 2, nothing changed) for a sink that is not stopped,
                                   unknown or down
+  reload SINK                     the running sink reads its config file again and applies a changed
+                                  mappings section from its next batch on, keeping its place (same as
+                                  kill -HUP); a file that does not load, or that changed other keys
+                                  (they need a restart), is refused (exit 2) naming the keys, and the
+                                  running mappings stay
   dlq list    SINK                the sink's dead letters in position order
   dlq show    SINK SEQ            one dead letter: headers, error, data
   dlq retry   SINK [SEQ ...]      re-apply dead letters through the running sink (all when no SEQ)

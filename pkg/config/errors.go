@@ -37,3 +37,9 @@ func (p *Problems) Add(err error) {
 
 // Err joins the problems, or returns nil when there are none.
 func (p *Problems) Err() error { return errors.Join(p.errs...) }
+
+// ErrNeedsRestart means a configuration reloaded while the service runs
+// changed keys that only take effect when it starts (connections, the
+// stream it reads, batching, ...). The reload is refused; the error names
+// the keys.
+var ErrNeedsRestart = errors.New("keys that need a restart changed")

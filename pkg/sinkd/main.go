@@ -33,8 +33,9 @@ func ConfigError(command string, err error) int {
 
 // Serve runs the sink as a service until SIGINT or SIGTERM and returns the
 // command's exit code: the whole of a sink's main after its config is
-// loaded and its writer built.
-func Serve(cfg sink.Config, w sink.Writer, log *slog.Logger) int {
+// loaded and its writer built. SIGHUP reloads the mappings (with
+// WithConfigFile; reload.go).
+func Serve(cfg sink.Config, w sink.Writer, log *slog.Logger, opts ...Option) int {
 	if os.Getenv("GOGC") == "" {
 		// A sink's heap is small and bounded (batches, pull buffer); trading
 		// ~20 MB of it for fewer collections cut its CPU by a fifth in the
@@ -43,7 +44,10 @@ func Serve(cfg sink.Config, w sink.Writer, log *slog.Logger) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	svc, err := New(ctx, cfg, w, log)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP) // a reload, no longer the end of the process
+	defer signal.Stop(hup)
+	svc, err := New(ctx, cfg, w, log, append(opts, withReloadSignal(hup))...)
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return ExitFailed

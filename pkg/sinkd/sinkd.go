@@ -68,6 +68,7 @@ type Service struct {
 	// until the engine has read its own from the target.
 	cpBucket       string
 	lastCheckpoint uint64
+	reloading      reloading // reload.go
 
 	mu     sync.Mutex
 	lag    metrics.Lag
@@ -76,11 +77,14 @@ type Service struct {
 }
 
 // New connects and opens everything the sink needs; Run runs it.
-func New(ctx context.Context, cfg sink.Config, w sink.Writer, log *slog.Logger) (*Service, error) {
+func New(ctx context.Context, cfg sink.Config, w sink.Writer, log *slog.Logger, opts ...Option) (*Service, error) {
 	if log == nil {
 		log = slog.Default()
 	}
 	s := &Service{cfg: cfg, w: w, log: log.With("sink", cfg.Name)}
+	for _, o := range opts {
+		o(s)
+	}
 	nc, err := natsutil.Connect(cfg.NATS.URL, "jetsync-sink-"+cfg.Name, s.log, nats.RetryOnFailedConnect(true))
 	if err != nil {
 		return nil, err
@@ -165,6 +169,11 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	defer stopActions()
+	stopReload, err := s.serveReload(bg)
+	if err != nil {
+		return err
+	}
+	defer stopReload()
 	err = s.eng.Run(ctx)
 	s.publishStatus(context.WithoutCancel(ctx), err)
 	return err

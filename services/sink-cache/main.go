@@ -34,7 +34,7 @@ func run() int {
 		return sinkd.ConfigError("sink-cache", err)
 	}
 
-	return sinkd.Serve(cfg.Config, w, log)
+	return sinkd.Serve(cfg.Config, w, log, sinkd.WithConfigFile(*path, "JETSYNC"))
 }
 
 // redisLog sends go-redis's own messages (pool dial failures and the like)

@@ -89,7 +89,7 @@ func run(args []string) int {
 		})
 		return rebuild(ctx, cfg, ro, log)
 	}
-	return sinkd.Serve(cfg.Config, w, log)
+	return sinkd.Serve(cfg.Config, w, log, sinkd.WithConfigFile(*path, "JETSYNC"))
 }
 
 func rebuild(ctx context.Context, cfg search.Config, ro search.RebuildOptions, log *slog.Logger) int {

@@ -33,5 +33,5 @@ func run() int {
 		return sinkd.ConfigError("sink-kinesis", err)
 	}
 
-	return sinkd.Serve(cfg.Config, w, log)
+	return sinkd.Serve(cfg.Config, w, log, sinkd.WithConfigFile(*path, "JETSYNC"))
 }

@@ -24,9 +24,15 @@ type Writer struct {
 	name  string
 	cpKey string
 	opts  redis.Options
-	plan  plan
 	skip  bool // on_error: skip
 	log   *slog.Logger
+
+	// plan is swapped whole by ReloadMappings (reload.go); WriteBatch reads
+	// it once per batch. cfg is the configuration it was compiled from.
+	plan     atomic.Pointer[plan]
+	reloadMu sync.Mutex
+	cfg      Config
+	retrying planned // only WriteBatch touches it
 
 	mu  sync.Mutex
 	rdb *redis.Client // nil before Connect and after Close
@@ -42,6 +48,7 @@ var _ interface {
 	sink.CheckpointWriter
 	sink.CheckpointResetter
 	sink.Pinger
+	sink.MappingReloader
 } = (*Writer)(nil)
 
 // NewWriter validates cfg and compiles its mappings; it does not connect.
@@ -59,7 +66,7 @@ func NewWriter(cfg Config, log *slog.Logger) (*Writer, error) {
 	if err := p.Err(); err != nil { // Validate passed, so this cannot happen
 		return nil, err
 	}
-	return &Writer{
+	w := &Writer{
 		name:  cfg.Name,
 		cpKey: cpKey.Render(nil),
 		opts: redis.Options{
@@ -75,10 +82,12 @@ func NewWriter(cfg Config, log *slog.Logger) (*Writer, error) {
 			DialerRetries:   1,
 			DisableIdentity: true,
 		},
-		plan: plan{byType: acts, unknownErr: cfg.UnknownTypes == UnknownError},
 		skip: cfg.OnError == sink.OnErrorSkip,
 		log:  log.With("sink", cfg.Name, "redis", cfg.Redis.Addr),
-	}, nil
+		cfg:  cfg,
+	}
+	w.plan.Store(&plan{byType: acts, unknownErr: cfg.UnknownTypes == UnknownError})
+	return w, nil
 }
 
 // CheckpointKey is the Redis key holding the sink's checkpoint.
@@ -153,12 +162,14 @@ func readCheckpoint(ctx context.Context, c redis.StringCmdable, key string) (uin
 // MULTI/EXEC, watching the checkpoint key. Events at or below the stored
 // checkpoint are already applied and are not written again, so writing the
 // same batch twice (a retry after a lost EXEC reply) applies it once.
-func (w *Writer) WriteBatch(ctx context.Context, b *sink.Batch) error {
+func (w *Writer) WriteBatch(ctx context.Context, b *sink.Batch) (err error) {
 	rdb := w.client()
 	if rdb == nil {
 		return ErrNotConnected
 	}
-	cmds, failures, err := w.plan.build(ctx, b.Events)
+	pl := w.planFor(b)
+	defer func() { w.keepPlan(b, pl, err) }()
+	cmds, failures, err := pl.build(ctx, b.Events)
 	if err != nil {
 		return err
 	}

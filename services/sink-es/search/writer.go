@@ -37,9 +37,14 @@ type Writer struct {
 	es      ESConfig
 	indices map[string]IndexConfig
 	targets map[string]string
-	plan    planner
 	log     *slog.Logger
 	stats   writerStats
+
+	// plan is swapped whole by ReloadMappings (reload.go); WriteBatch reads
+	// it once per batch. cfg is the configuration it was compiled from.
+	plan     atomic.Pointer[planner]
+	reloadMu sync.Mutex
+	cfg      Config
 
 	mu     sync.Mutex
 	client *elasticsearch.Client // nil before Connect and after Close
@@ -51,8 +56,9 @@ type Writer struct {
 }
 
 var (
-	_ sink.Writer = (*Writer)(nil)
-	_ sink.Pinger = (*Writer)(nil)
+	_ sink.Writer          = (*Writer)(nil)
+	_ sink.Pinger          = (*Writer)(nil)
+	_ sink.MappingReloader = (*Writer)(nil)
 )
 
 // Option changes a Writer.
@@ -83,11 +89,12 @@ func NewWriter(cfg Config, log *slog.Logger, opts ...Option) (*Writer, error) {
 		es:      cfg.Elasticsearch,
 		indices: cfg.Indices,
 		log:     log.With("sink", cfg.Name),
+		cfg:     cfg,
 	}
 	for _, o := range opts {
 		o(w)
 	}
-	w.plan = planner{byType: acts, unknownErr: cfg.UnknownTypes == UnknownError, pf: cfg.Elasticsearch.PositionField, targets: w.targets}
+	w.plan.Store(&planner{byType: acts, unknownErr: cfg.UnknownTypes == UnknownError, pf: cfg.Elasticsearch.PositionField, targets: w.targets})
 	return w, nil
 }
 
@@ -218,7 +225,7 @@ func (w *Writer) WriteBatch(ctx context.Context, b *sink.Batch) error {
 	}
 	if !w.job.matches(es, b) {
 		w.job = nil
-		chains, failures, err := w.plan.build(ctx, b.Events)
+		chains, failures, err := w.plan.Load().build(ctx, b.Events)
 		if err != nil {
 			return err
 		}
@@ -248,7 +255,7 @@ func (w *Writer) run(ctx context.Context, es *elasticsearch.Client, j *job) erro
 		var items []*item
 		var bases []*chain
 		for _, c := range j.chains {
-			it, needBase, err := c.next(w.plan.pf)
+			it, needBase, err := c.next(w.es.PositionField)
 			if err != nil {
 				return sink.Permanent(err)
 			}
@@ -266,7 +273,7 @@ func (w *Writer) run(ctx context.Context, es *elasticsearch.Client, j *job) erro
 			}
 			for _, c := range bases {
 				c.dropApplied()
-				it, _, err := c.next(w.plan.pf)
+				it, _, err := c.next(w.es.PositionField)
 				if err != nil {
 					return sink.Permanent(err)
 				}
@@ -455,7 +462,7 @@ func (w *Writer) mget(ctx context.Context, es *elasticsearch.Client, chains []*c
 		case len(d.Source) == 0:
 			return sink.Permanent(fmt.Errorf("%w: %s/%s (merge needs _source enabled in the index mappings)", ErrNoSource, c.key.index, c.key.id))
 		default:
-			c.state = docState{known: true, exists: true, src: d.Source, pos: positionOf(d.Source, w.plan.pf)}
+			c.state = docState{known: true, exists: true, src: d.Source, pos: positionOf(d.Source, w.es.PositionField)}
 		}
 	}
 	return nil

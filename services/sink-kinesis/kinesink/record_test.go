@@ -22,7 +22,7 @@ func maker(t *testing.T, key, project string) *recordMaker {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &w.maker
+	return w.maker.Load()
 }
 
 func sampleEvent() envelope.Event {

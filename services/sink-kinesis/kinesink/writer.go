@@ -39,7 +39,6 @@ import (
 type Writer struct {
 	name     string
 	cfg      KinesisConfig
-	maker    recordMaker
 	maxCount int
 	maxBytes int
 	log      *slog.Logger
@@ -53,11 +52,18 @@ type Writer struct {
 	cur *progress
 
 	calls, sent, resent, failed atomic.Uint64
+
+	// maker is swapped whole by ReloadMappings (reload.go); prepare reads
+	// it once per batch. running is the configuration it was made from.
+	maker    atomic.Pointer[recordMaker]
+	reloadMu sync.Mutex
+	running  Config
 }
 
 var (
-	_ sink.Writer = (*Writer)(nil)
-	_ sink.Pinger = (*Writer)(nil)
+	_ sink.Writer          = (*Writer)(nil)
+	_ sink.Pinger          = (*Writer)(nil)
+	_ sink.MappingReloader = (*Writer)(nil)
 )
 
 // Stats counts what the writer did since it was made.
@@ -87,14 +93,16 @@ func NewWriter(cfg Config, log *slog.Logger) (*Writer, error) {
 	if err := p.Err(); err != nil { // Validate passed, so this cannot happen
 		return nil, err
 	}
-	return &Writer{
+	w := &Writer{
 		name:     cfg.Name,
 		cfg:      cfg.Kinesis,
-		maker:    recordMaker{partitionKey: c.partitionKey, project: c.project},
 		maxCount: cfg.Kinesis.MaxRecordsPerCall,
 		maxBytes: int(cfg.Kinesis.MaxBytesPerCall),
 		log:      log.With("sink", cfg.Name, "kinesis_stream", cfg.Kinesis.StreamName),
-	}, nil
+		running:  cfg,
+	}
+	w.maker.Store(&recordMaker{partitionKey: c.partitionKey, project: c.project})
+	return w, nil
 }
 
 // Connect loads the AWS configuration (the SDK's standard chain), checks
@@ -271,8 +279,9 @@ func (w *Writer) prepare(ctx context.Context, b *sink.Batch) (*progress, error) 
 		p.first = b.Events[0].Position
 	}
 	var failures []sink.EventFailure
+	maker := w.maker.Load()
 	for i := range b.Events {
-		r, err := w.maker.make(ctx, &b.Events[i])
+		r, err := maker.make(ctx, &b.Events[i])
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
