@@ -36,7 +36,7 @@ func (c *ctl) status(ctx context.Context) error {
 	tw := tabwriter.NewWriter(c.out, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SINK\tSTATE\tPOSITION\tHEAD\tLAG\tLAG(s)\tRATE/s\tLAST ERROR")
 	now := time.Now()
-	var stopped []control.Status
+	var stopped, parked []control.Status
 	for _, st := range all {
 		down := st.Stale(now)
 		var notes []string
@@ -61,6 +61,10 @@ func (c *ctl) status(ctx context.Context) error {
 		case st.State == "stopped" && st.Stopped != nil:
 			stopped = append(stopped, st)
 		}
+		if st.ParkedStreams > 0 {
+			notes = append(notes, fmt.Sprintf("%d parked", st.ParkedStreams))
+			parked = append(parked, st)
+		}
 		if down || st.State == "starting" {
 			st.LagEvents = 0
 			if st.Head > st.Checkpoint {
@@ -78,6 +82,9 @@ func (c *ctl) status(ctx context.Context) error {
 	}
 	for _, st := range stopped {
 		printStopped(c.out, st)
+	}
+	for _, st := range parked {
+		printParked(c.out, st)
 	}
 	return nil
 }
@@ -194,6 +201,7 @@ func (c *ctl) dlq(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("dlq", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	all := fs.Bool("all", false, "")
+	stream := fs.String("stream", "", "")
 	pos, err := splitArgs(fs, args)
 	if err != nil {
 		return usageErr("%v", err)
@@ -214,6 +222,9 @@ func (c *ctl) dlq(ctx context.Context, args []string) error {
 			return usageErr("%q is not a dead-letter number (the SEQ column of jetsyncctl dlq list)", r)
 		}
 		seqs = append(seqs, q)
+	}
+	if *stream != "" {
+		return c.parkedAction(ctx, sub, sinkName, *stream, len(seqs) > 0 || *all)
 	}
 	q, err := c.dlqQueue(ctx)
 	if err != nil {
@@ -269,14 +280,24 @@ func (c *ctl) dlq(ctx context.Context, args []string) error {
 		if err := json.Unmarshal(msg.Data, &reply); err != nil {
 			return fmt.Errorf("sink %s answered %q", sinkName, msg.Data)
 		}
-		if reply.Error != "" {
+		switch {
+		case reply.Refused != "":
+			return fmt.Errorf("%w: %s", control.ErrRefused, reply.Refused)
+		case reply.Error != "":
 			return fmt.Errorf("retry failed, dead letters kept: %s", reply.Error)
+		case reply.Done != "":
+			fmt.Fprintln(c.out, reply.Done)
+			return nil
 		}
 		fmt.Fprintf(c.out, "re-applied %d dead letter(s) of %s in position order\n", reply.Retried, sinkName)
 		return nil
 	case "discard":
 		if *all == (len(seqs) > 0) {
-			return usageErr("dlq discard takes SEQ ... or --all")
+			return usageErr("dlq discard takes SEQ ..., --all or --stream CATEGORY/ID")
+		}
+		if st, err := c.control.Status(ctx, sinkName); err == nil && st.ParkedStreams > 0 {
+			return fmt.Errorf("%w: sink %s parks %d stream(s) (on_error: park): discard a parked stream with --stream CATEGORY/ID, which un-parks it (jetsyncctl status lists them); nothing discarded",
+				control.ErrRefused, sinkName, st.ParkedStreams)
 		}
 		if *all {
 			letters, err := q.List(ctx, sinkName)

@@ -46,6 +46,12 @@ const usage = `jetsyncctl: operate jetsync sinks
   dlq show    SINK SEQ            one dead letter: headers, error, data
   dlq retry   SINK [SEQ ...]      re-apply dead letters through the running sink (all when no SEQ)
   dlq discard SINK SEQ ... | --all
+  dlq retry   SINK --stream CATEGORY/ID
+                                  a sink with on_error: park: re-apply the stream's parked events in
+                                  order through the running sink; un-parks it when all went through
+                                  (no argument: every parked stream)
+  dlq discard SINK --stream CATEGORY/ID
+                                  drop the stream's parked events and un-park it
 
   -nats defaults to $JETSYNC_NATS_URL or nats://127.0.0.1:4222; -stream to EVENTS.
 `

@@ -43,6 +43,26 @@ type Status struct {
 	// (key: the sink's name), so jetsyncctl can read where a sink that is
 	// down will resume; empty when the target keeps the checkpoint.
 	CheckpointBucket string `json:"checkpointBucket,omitempty"`
+	// Parked are streams the error policy "park" holds in the dead-letter
+	// store, oldest hole first (at most MaxParkedInStatus of them);
+	// ParkedStreams and ParkedEvents count them all.
+	Parked        []Parked `json:"parked,omitempty"`
+	ParkedStreams int      `json:"parkedStreams,omitempty"`
+	ParkedEvents  int      `json:"parkedEvents,omitempty"`
+}
+
+// MaxParkedInStatus bounds the parked streams a status lists.
+const MaxParkedInStatus = 20
+
+// Parked is one stream a sink parks (on_error: park): its events from
+// Position on are in the dead-letter store, waiting for jetsyncctl dlq
+// retry or discard --stream.
+type Parked struct {
+	Stream   string    `json:"stream"` // category/streamId
+	Position uint64    `json:"position"`
+	Events   int       `json:"events"`
+	Error    string    `json:"error,omitempty"` // why the event at Position was refused
+	Since    time.Time `json:"since"`
 }
 
 // Stop is the event a sink's error policy stopped it at, and why.

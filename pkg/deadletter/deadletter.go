@@ -30,6 +30,10 @@ const (
 	HeaderSink     = "Jetsync-Dlq-Sink"
 	HeaderError    = "Jetsync-Dlq-Error"
 	HeaderTime     = "Jetsync-Dlq-Time"
+	// HeaderParkedBehind is set on an event parked without being
+	// attempted (on_error: park): the position of the earlier event of
+	// its stream that parked it.
+	HeaderParkedBehind = "Jetsync-Dlq-Parked-Behind"
 )
 
 // ErrNotFound means no such dead letter exists for the sink.
@@ -44,7 +48,7 @@ type Queue struct {
 	stream jetstream.Stream
 }
 
-var _ sink.DeadLetterer = (*Queue)(nil)
+var _ sink.DeadLetterStore = (*Queue)(nil)
 
 // Open creates the DLQ stream when missing. Unlike the event log, dead
 // letters may be deleted: that is what discard and a successful retry do.
@@ -75,6 +79,11 @@ func (q *Queue) DeadLetter(ctx context.Context, sinkName string, dl sink.DeadLet
 	hdr.Set(HeaderSink, sinkName)
 	hdr.Set(HeaderError, dl.Err.Error())
 	hdr.Set(HeaderTime, time.Now().UTC().Format(time.RFC3339Nano))
+	if dl.ParkedBehind != 0 {
+		hdr.Set(HeaderParkedBehind, strconv.FormatUint(dl.ParkedBehind, 10))
+	} else {
+		hdr.Del(HeaderParkedBehind)
+	}
 	// The original Nats-Msg-Id would collide with the event's own id across
 	// sinks; the dead letter's identity is (sink, position).
 	hdr.Set(nats.MsgIdHdr, sinkName+":"+strconv.FormatUint(dl.Position, 10))
@@ -90,8 +99,12 @@ type Letter struct {
 	Position uint64 // the event's position in the event stream
 	Error    string
 	Time     time.Time
-	Header   nats.Header
-	Data     []byte
+	// ParkedBehind is, for an event parked without being attempted
+	// (on_error: park), the position of the event of its stream that
+	// parked it; 0 for an event the sink refused itself.
+	ParkedBehind uint64
+	Header       nats.Header
+	Data         []byte
 }
 
 // Event decodes the original event, as the sink saw it.
@@ -114,7 +127,8 @@ func (q *Queue) List(ctx context.Context, sinkName string) ([]Letter, error) {
 	}
 	var out []Letter
 	for uint64(len(out)) < info.State.Msgs {
-		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
+		// No more than are left: a fetch waits for its whole batch.
+		batch, err := cons.Fetch(min(500, int(info.State.Msgs)-len(out)), jetstream.FetchMaxWait(2*time.Second))
 		if err != nil {
 			return nil, err
 		}
@@ -137,6 +151,34 @@ func (q *Queue) List(ctx context.Context, sinkName string) ([]Letter, error) {
 	return out, nil
 }
 
+// StoredLetters implements sink.DeadLetterStore: List for the engine.
+func (q *Queue) StoredLetters(ctx context.Context, sinkName string) ([]sink.StoredLetter, error) {
+	letters, err := q.List(ctx, sinkName)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]sink.StoredLetter, len(letters))
+	for i, l := range letters {
+		out[i] = sink.StoredLetter{Seq: l.Seq, Reason: l.Error, Time: l.Time,
+			DeadLetter: sink.DeadLetter{Subject: l.Subject, Position: l.Position, Header: l.Header, Data: l.Data, ParkedBehind: l.ParkedBehind}}
+	}
+	return out, nil
+}
+
+// DeleteLetter implements sink.DeadLetterStore: Delete, where a dead
+// letter already gone is no error.
+func (q *Queue) DeleteLetter(ctx context.Context, seq uint64) error {
+	err := q.Delete(ctx, seq)
+	if err != nil {
+		// The server says "no message found" only in the error's text:
+		// ask whether it is still there instead.
+		if _, gerr := q.stream.GetMsg(ctx, seq); errors.Is(gerr, jetstream.ErrMsgNotFound) {
+			return nil
+		}
+	}
+	return err
+}
+
 // Get returns one dead letter of sinkName by its DLQ sequence.
 func (q *Queue) Get(ctx context.Context, sinkName string, seq uint64) (Letter, error) {
 	m, err := q.stream.GetMsg(ctx, seq)
@@ -157,6 +199,7 @@ func (q *Queue) Delete(ctx context.Context, seq uint64) error {
 func letter(seq uint64, hdr nats.Header, data []byte) Letter {
 	pos, _ := strconv.ParseUint(hdr.Get(HeaderPosition), 10, 64)
 	t, _ := time.Parse(time.RFC3339Nano, hdr.Get(HeaderTime))
+	behind, _ := strconv.ParseUint(hdr.Get(HeaderParkedBehind), 10, 64)
 	return Letter{Seq: seq, Sink: hdr.Get(HeaderSink), Subject: hdr.Get(HeaderSubject), Position: pos,
-		Error: hdr.Get(HeaderError), Time: t, Header: hdr, Data: data}
+		Error: hdr.Get(HeaderError), Time: t, ParkedBehind: behind, Header: hdr, Data: data}
 }

@@ -24,6 +24,7 @@ type Sink struct {
 	delay       prometheus.Histogram
 	retries     prometheus.Counter
 	errors      *prometheus.CounterVec
+	labels      prometheus.Labels
 }
 
 var _ sink.Observer = (*Sink)(nil)
@@ -51,6 +52,7 @@ func NewSink(name string, lag func() Lag, stoppedAt func() uint64) *Sink {
 	}
 	m := &Sink{
 		Registry:    prometheus.NewRegistry(),
+		labels:      labels,
 		applied:     prometheus.NewCounter(prometheus.CounterOpts(opts("events_applied_total", "Events written to the target."))),
 		batches:     prometheus.NewCounter(prometheus.CounterOpts(opts("batches_total", "Batches written to the target."))),
 		batchEvents: hist("batch_events", "Events per batch.", prometheus.ExponentialBuckets(1, 4, 8)),
@@ -59,7 +61,7 @@ func NewSink(name string, lag func() Lag, stoppedAt func() uint64) *Sink {
 		delay:       hist("end_to_end_delay_seconds", "From an event's time to its being applied.", prometheus.ExponentialBuckets(0.001, 2, 20)),
 		retries:     prometheus.NewCounter(prometheus.CounterOpts(opts("retries_total", "Failed attempts that are retried."))),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts(opts("errors_total",
-			"Errors by kind: transient (retried), skipped, dead-lettered, stopped.")), []string{"kind"}),
+			"Errors by kind: transient (retried), skipped, dead-lettered, parked (dead-lettered behind an earlier event of its stream, not attempted), stopped.")), []string{"kind"}),
 	}
 	gauge := func(n, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts(n, help)), f)
@@ -73,10 +75,24 @@ func NewSink(name string, lag func() Lag, stoppedAt func() uint64) *Sink {
 			func() float64 { return float64(stoppedAt()) }),
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}),
 	)
-	for _, k := range []string{"transient", "skipped", "dead-lettered", "stopped"} {
+	for _, k := range []string{"transient", "skipped", "dead-lettered", "parked", "stopped"} {
 		m.errors.WithLabelValues(k) // export zeros from the start
 	}
 	return m
+}
+
+// WatchParked exports the streams the error policy "park" holds and their
+// events, read from parked at each scrape.
+func (m *Sink) WatchParked(parked func() (streams, events int)) {
+	labels := m.labels
+	m.Registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "jetsync", Subsystem: "sink", Name: "parked_streams", ConstLabels: labels,
+			Help: "Streams parked by the error policy park: their events wait in the dead-letter store (jetsyncctl dlq retry or discard --stream)."},
+			func() float64 { n, _ := parked(); return float64(n) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "jetsync", Subsystem: "sink", Name: "parked_events", ConstLabels: labels,
+			Help: "Events of parked streams in the dead-letter store."},
+			func() float64 { _, n := parked(); return float64(n) }),
+	)
 }
 
 // BatchWritten implements sink.Observer.

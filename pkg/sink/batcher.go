@@ -47,6 +47,14 @@ func (b *Batcher) Skip(pos uint64, now time.Time) {
 	b.batch.Through = pos
 }
 
+// Refuse moves the batch's checkpoint past a message that is not an
+// event, keeping it with the batch for the writer's loop to dead-letter
+// (on_error "park": its stream is parked there, in order).
+func (b *Batcher) Refuse(dl DeadLetter, now time.Time) {
+	b.Skip(dl.Position, now)
+	b.batch.refused = append(b.batch.refused, dl)
+}
+
 // Full reports whether a count or byte limit is reached.
 func (b *Batcher) Full() bool {
 	return len(b.batch.Events) >= b.maxEvents || b.batch.Bytes >= b.maxBytes

@@ -20,6 +20,12 @@ const (
 	// OnErrorDeadLetter stores the event in the dlq.<sink> stream with the
 	// reason, then moves on; jetsyncctl dlq retry applies it later.
 	OnErrorDeadLetter = "dead-letter"
+	// OnErrorPark dead-letters the event like "dead-letter" and parks its
+	// stream (its subject): every later event of that stream is stored in
+	// dlq.<sink> too, without being attempted, until jetsyncctl dlq retry
+	// --stream re-applies them in order or dlq discard --stream drops
+	// them; other streams flow on (park.go).
+	OnErrorPark = "park"
 )
 
 // Config is what every sink service shares. Services embed it with
@@ -118,8 +124,8 @@ func (c *Config) Validate(p *config.Problems) {
 	if c.Retry.Max < c.Retry.Initial {
 		p.Addf("retry.max", "must be at least retry.initial (%s)", c.Retry.Initial)
 	}
-	if c.OnError != OnErrorStop && c.OnError != OnErrorSkip && c.OnError != OnErrorDeadLetter {
-		p.Addf("on_error", "must be %q, %q or %q, got %q", OnErrorStop, OnErrorSkip, OnErrorDeadLetter, c.OnError)
+	if c.OnError != OnErrorStop && c.OnError != OnErrorSkip && c.OnError != OnErrorDeadLetter && c.OnError != OnErrorPark {
+		p.Addf("on_error", "must be %q, %q, %q or %q, got %q", OnErrorStop, OnErrorSkip, OnErrorDeadLetter, OnErrorPark, c.OnError)
 	}
 	if c.ShutdownTimeout <= 0 {
 		p.Addf("shutdown_timeout", "must be positive, e.g. 10s")

@@ -43,6 +43,10 @@ type DeadLetter struct {
 	Header   nats.Header
 	Data     []byte
 	Err      error
+	// ParkedBehind, when not 0, is the position of the earlier event of
+	// the same stream that parked it (on_error "park"): this event was
+	// not attempted.
+	ParkedBehind uint64
 }
 
 // DeadLetterer stores dead letters (pkg/deadletter: the dlq.<sink> stream).
@@ -56,8 +60,9 @@ type Option func(*Engine)
 // WithObserver reports measurements to o.
 func WithObserver(o Observer) Option { return func(e *Engine) { e.obs = o } }
 
-// WithDeadLetters sends refused events to d when on_error is "dead-letter",
-// and the event an operator skips (Skip) under "stop".
+// WithDeadLetters sends refused events to d when on_error is "dead-letter"
+// or "park" (then d must be a DeadLetterStore), and the event an operator
+// skips (Skip) under "stop".
 func WithDeadLetters(d DeadLetterer) Option { return func(e *Engine) { e.dlq = d } }
 
 // WithHoldOnStop keeps Run going when the error policy "stop" halts the
@@ -82,6 +87,9 @@ type Engine struct {
 	resets       chan resetRequest
 	redeliveries chan redelivery
 
+	letters DeadLetterStore // the dead-letter store parking needs (on_error "park")
+	parked  parking
+
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced whenever the checkpoint moves or the sink stops
 	held    *hold         // the stop the sink holds at, nil while it is not stopped
@@ -92,10 +100,21 @@ type resetRequest struct {
 	done chan error
 }
 
+// redelivery is work done between two batches, no write in flight: dead
+// letters re-applied (b), or a parked stream retried or discarded (f).
 type redelivery struct {
 	ctx  context.Context
 	b    *Batch
+	f    func(context.Context) error
 	done chan error
+}
+
+// serve does r's work.
+func (e *Engine) serve(r redelivery) error {
+	if r.f != nil {
+		return r.f(r.ctx)
+	}
+	return e.redeliver(r.ctx, r.b)
 }
 
 // New checks the pieces fit together. store may be nil only when w is a
@@ -115,8 +134,15 @@ func New(cfg Config, js jetstream.JetStream, w Writer, store checkpoint.Store, l
 	for _, o := range opts {
 		o(e)
 	}
-	if cfg.OnError == OnErrorDeadLetter && e.dlq == nil {
-		return nil, errors.New("sink: on_error is dead-letter but no dead-letter store was given")
+	if (cfg.OnError == OnErrorDeadLetter || cfg.OnError == OnErrorPark) && e.dlq == nil {
+		return nil, fmt.Errorf("sink: on_error is %s but no dead-letter store was given", cfg.OnError)
+	}
+	if cfg.OnError == OnErrorPark {
+		ls, ok := e.dlq.(DeadLetterStore)
+		if !ok {
+			return nil, errors.New("sink: on_error is park but the dead-letter store cannot list and delete dead letters")
+		}
+		e.letters = ls
 	}
 	e.stats.setState(StateStarting)
 	return e, nil
@@ -132,6 +158,7 @@ func (nopObserver) EventFailed(string)                 {}
 func (e *Engine) Stats() Snapshot {
 	s := e.stats.snapshot(e.cfg.Name)
 	s.Stopped = e.Stopped()
+	s.ParkedStreams, s.ParkedEvents = e.parked.count()
 	return s
 }
 
@@ -262,6 +289,12 @@ func (e *Engine) Run(ctx context.Context) (err error) {
 	}
 	if err := e.retry(ctx, "connect to target", e.w.Connect); err != nil {
 		return e.cleanStop(err)
+	}
+	if e.letters != nil {
+		// The parked streams live in the dead-letter store, not in memory.
+		if err := e.retry(ctx, "load parked streams", e.loadParked); err != nil {
+			return e.cleanStop(err)
+		}
 	}
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -493,10 +526,16 @@ func (e *Engine) batchLoop(ctx context.Context, items <-chan item, consumerClose
 					}
 					return nil, stopAtMalformed(*it.bad)
 				}
-				if err := e.giveUp(ctx, *it.bad); err != nil {
-					return nil, err
+				if e.letters != nil {
+					// Parked by the write loop, which alone changes the
+					// parked streams (park.go).
+					b.Refuse(*it.bad, now)
+				} else {
+					if err := e.giveUp(ctx, *it.bad); err != nil {
+						return nil, err
+					}
+					b.Skip(it.bad.Position, now)
 				}
-				b.Skip(it.bad.Position, now)
 			} else if b.Add(it.ev, now) {
 				if err := handOff(); err != nil {
 					return nil, err
@@ -529,7 +568,7 @@ func (e *Engine) batchLoop(ctx context.Context, items <-chan item, consumerClose
 // before the checkpoint moves past the event).
 func (e *Engine) giveUp(ctx context.Context, dl DeadLetter) error {
 	e.stats.skipped.Add(1)
-	if e.cfg.OnError != OnErrorDeadLetter {
+	if e.cfg.OnError != OnErrorDeadLetter && e.cfg.OnError != OnErrorPark {
 		e.log.Error("skipping event", "position", dl.Position, "subject", dl.Subject, "err", dl.Err)
 		e.obs.EventFailed("skipped")
 		return nil
@@ -553,7 +592,7 @@ func (e *Engine) writeLoop(ctx context.Context, batches <-chan *Batch) error {
 				return err
 			}
 		case r := <-e.redeliveries:
-			r.done <- e.redeliver(r.ctx, r.b)
+			r.done <- e.serve(r)
 		}
 	}
 }
@@ -574,6 +613,12 @@ func (e *Engine) redeliver(ctx context.Context, b *Batch) error {
 // deliver writes b until it is applied, applying the error policy to events
 // that fail permanently and retrying everything else.
 func (e *Engine) deliver(ctx context.Context, b *Batch) error {
+	if e.letters != nil {
+		var err error
+		if b, err = e.parkBatch(ctx, b); err != nil {
+			return err
+		}
+	}
 	for attempt := 0; ; attempt++ {
 		start := time.Now()
 		err := e.writeOnce(ctx, b)
@@ -660,6 +705,9 @@ func (e *Engine) applyPolicy(ctx context.Context, b *Batch, be *BatchError) (*Ba
 			return nil, stopErr
 		}
 		return newBatch(b.Events[:firstIdx], ev.Position-1), stopErr
+	}
+	if e.letters != nil {
+		return e.parkFailed(ctx, b, failed)
 	}
 	kept := &Batch{Events: make([]envelope.Event, 0, len(b.Events)-len(failed)), Through: b.Through}
 	for i, ev := range b.Events {

@@ -22,6 +22,16 @@ var (
 	// than the operator named): nothing was changed.
 	ErrNotStopped = errors.New("sink is not stopped by its error policy")
 
+	// ErrNotParked is returned by RetryParked and DiscardParked for a
+	// stream the sink does not park (or a sink whose error policy is not
+	// "park"): nothing was changed.
+	ErrNotParked = errors.New("stream is not parked")
+
+	// ErrStillParked is returned by RetryParked when the target still
+	// refuses one of the stream's parked events: the events before it are
+	// applied, it and the rest stay parked.
+	ErrStillParked = errors.New("stream stays parked")
+
 	// ErrPermanent marks an error that retrying cannot fix (bad credentials,
 	// a missing index the sink may not create). Wrap it with Permanent.
 	ErrPermanent = errors.New("permanent error")

@@ -153,7 +153,7 @@ func (e *Engine) holdAt(ctx context.Context, stop *StopError) (*resetRequest, er
 			release()
 			return &r, nil
 		case r := <-e.redeliveries:
-			r.done <- e.redeliver(r.ctx, r.b)
+			r.done <- e.serve(r)
 		case a := <-h.actions:
 			if a.position != 0 && a.position != stop.Position {
 				a.done <- fmt.Errorf("%w at position %d: it is stopped at %d", ErrNotStopped, a.position, stop.Position)

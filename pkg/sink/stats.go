@@ -39,6 +39,9 @@ type Snapshot struct {
 	// Stopped is the event the error policy holds the sink before: set in
 	// StateStopped, and kept when Run exits while stopped.
 	Stopped *StopError
+	// ParkedStreams is how many streams the error policy "park" holds in
+	// the dead-letter store, and ParkedEvents how many of their events.
+	ParkedStreams, ParkedEvents int
 }
 
 // stats is written by the engine's goroutines and read through Snapshot.

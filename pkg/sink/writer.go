@@ -59,6 +59,11 @@ type Batch struct {
 	// (jetsyncctl dlq retry): apply the events as they are, in order, and
 	// leave the checkpoint alone (Through is 0).
 	Redelivery bool
+
+	// refused are messages within the batch that are not events, for the
+	// write loop to dead-letter (and park their streams) before writing it
+	// under on_error "park".
+	refused []DeadLetter
 }
 
 // Len is the number of events in the batch.

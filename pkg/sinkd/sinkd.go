@@ -38,14 +38,19 @@ import (
 func RetrySubject(sinkName string) string { return "jetsync.ctl." + sinkName + ".dlq.retry" }
 
 // RetryRequest lists the dead letters (DLQ sequences) to re-apply; empty
-// means all of the sink's.
+// means all of the sink's. Stream (category/streamId) re-applies the
+// events a parking sink holds for that stream instead (parked.go).
 type RetryRequest struct {
-	Seqs []uint64 `json:"seqs,omitempty"`
+	Seqs   []uint64 `json:"seqs,omitempty"`
+	Stream string   `json:"stream,omitempty"`
 }
 
-// RetryReply says what a retry did.
+// RetryReply says what a retry did; Refused, that it does not apply
+// (nothing changed).
 type RetryReply struct {
 	Retried int    `json:"retried"`
+	Done    string `json:"done,omitempty"`
+	Refused string `json:"refused,omitempty"`
 	Error   string `json:"error,omitempty"`
 }
 
@@ -128,6 +133,7 @@ func New(ctx context.Context, cfg sink.Config, w sink.Writer, log *slog.Logger, 
 		nc.Close()
 		return nil, err
 	}
+	s.met.WatchParked(s.parkedCount)
 	if cfg.HTTP.Listen != "" {
 		ln, err := net.Listen("tcp", cfg.HTTP.Listen)
 		if err != nil {
@@ -164,6 +170,11 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	defer sub.Unsubscribe()
+	dsub, err := s.nc.Subscribe(DiscardSubject(s.cfg.Name), func(m *nats.Msg) { s.handleDiscard(bg, m) })
+	if err != nil {
+		return err
+	}
+	defer dsub.Unsubscribe()
 	stopActions, err := s.serveActions(bg)
 	if err != nil {
 		return err
@@ -369,6 +380,7 @@ func (s *Service) publishStatus(ctx context.Context, runErr error) {
 	st := control.Status{Name: s.cfg.Name, Checkpoint: snap.Checkpoint, Head: lag.Head, LagEvents: lag.Events,
 		LagSeconds: lag.Seconds, Applied: snap.Applied, LastError: snap.LastError, Filters: s.cfg.Filters,
 		Admin: s.addr, Updated: now, Stopped: stopStatus(snap.Stopped), CheckpointBucket: s.cpBucket}
+	st.Parked, st.ParkedStreams, st.ParkedEvents = s.parkedStatus()
 	if dt := now.Sub(prev.Updated).Seconds(); !prev.Updated.IsZero() && dt > 0 && snap.Applied >= prev.Applied {
 		st.Rate = float64(snap.Applied-prev.Applied) / dt
 	}
@@ -431,6 +443,10 @@ func (s *Service) handleRetry(ctx context.Context, m *nats.Msg) {
 			reply(RetryReply{Error: "malformed retry request: " + err.Error()})
 			return
 		}
+	}
+	if req.Stream != "" || s.eng.Parks() {
+		reply(s.retryParked(ctx, req))
+		return
 	}
 	letters, err := s.dlq.List(ctx, s.cfg.Name)
 	if err != nil {

@@ -109,7 +109,7 @@ func rebuild(ctx context.Context, cfg search.Config, ro search.RebuildOptions, l
 		log.Error("cannot start", "err", err)
 		return 1
 	}
-	if cfg.OnError == sink.OnErrorDeadLetter {
+	if cfg.OnError == sink.OnErrorDeadLetter || cfg.OnError == sink.OnErrorPark {
 		q, err := deadletter.Open(ctx, js)
 		if err != nil {
 			log.Error("cannot start", "err", err)
