@@ -232,11 +232,22 @@ func (w *Writer) lockCheckpoint(ctx context.Context, tx pgx.Tx) error {
 		return classify(err, "reading the checkpoint")
 	}
 	if last := w.last.Load(); uint64(cp) != last {
-		return sink.Permanent(fmt.Errorf("%w: %s row %q holds %d, this process last wrote %d; stop the other instance",
-			ErrConcurrentWriter, CheckpointTable, w.name, cp, last))
+		return &committedError{cp: uint64(cp), err: sink.Permanent(fmt.Errorf("%w: %s row %q holds %d, this process last wrote %d; stop the other instance",
+			ErrConcurrentWriter, CheckpointTable, w.name, cp, last))}
 	}
 	return nil
 }
+
+// committedError is ErrConcurrentWriter with the position found, so that
+// WriteBatch can tell its own batch committed (reply lost) from another
+// instance.
+type committedError struct {
+	cp  uint64
+	err error
+}
+
+func (e *committedError) Error() string { return e.err.Error() }
+func (e *committedError) Unwrap() error { return e.err }
 
 // WriteBatch applies b in one transaction with the checkpoint update.
 func (w *Writer) WriteBatch(ctx context.Context, b *sink.Batch) error {
@@ -258,6 +269,13 @@ func (w *Writer) WriteBatch(ctx context.Context, b *sink.Batch) error {
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	if err := w.lockCheckpoint(ctx, tx); err != nil {
+		var cw *committedError
+		if !b.Redelivery && errors.As(err, &cw) && cw.cp == b.Through && b.Through > w.last.Load() {
+			// The previous attempt committed but its reply was lost (a
+			// connection cut during COMMIT): the batch is applied.
+			w.last.Store(b.Through)
+			return nil
+		}
 		return err
 	}
 	batch := &pgx.Batch{}

@@ -112,3 +112,23 @@ func TestWriterPatchReplayAndSecondInstance(t *testing.T) {
 		t.Fatalf("got %v, want a BatchError for the one event", err)
 	}
 }
+
+// TestWriterCommitReplyLost: a batch whose COMMIT went through while its
+// reply was lost is retried by the engine; finding the checkpoint row at
+// the batch's own Through means it is applied, not a second instance.
+func TestWriterCommitReplyLost(t *testing.T) {
+	srv := testenv.Postgres(t)
+	ctx := context.Background()
+	w := newTestWriter(t, srv.URL, "w2")
+	b := &sink.Batch{Events: []envelope.Event{ev(1, "Placed", "o1", `{"total": 10}`)}, Through: 1}
+	if err := w.WriteBatch(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	w.last.Store(0) // as if the commit's reply had been lost
+	if err := w.WriteBatch(ctx, b); err != nil {
+		t.Fatalf("retry of a committed batch: %v", err)
+	}
+	if got := w.last.Load(); got != 1 {
+		t.Fatalf("last = %d, want 1", got)
+	}
+}
