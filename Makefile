@@ -1,6 +1,6 @@
 # jetsync: `make up` runs the pipeline locally (no Docker), `make test` runs every test.
 SHELL := /bin/bash
-MODULES := ./cmd/jetsyncctl/... ./pkg/... ./services/bridge/... ./services/sink-cache/... ./services/sink-es/... ./services/sink-kinesis/... ./tests/deploy/... ./tests/e2e/...
+MODULES := ./cmd/jetsyncctl/... ./pkg/... ./services/bridge/... ./services/sink-cache/... ./services/sink-es/... ./services/sink-kinesis/... ./services/sink-postgres/... ./tests/deploy/... ./tests/e2e/...
 GO_TEST_FLAGS ?= -count=1 -timeout 25m
 
 .PHONY: up test deps build vet smoke drills bench fuzz clean
@@ -9,7 +9,7 @@ GO_TEST_FLAGS ?= -count=1 -timeout 25m
 up:
 	@scripts/up.sh
 
-## test: install what the tests need (redis-server, Java 17 + Maven, Node.js + npm), vet, then run every module's tests
+## test: install what the tests need (redis-server, PostgreSQL, Java 17 + Maven, Node.js + npm), vet, then run every module's tests
 test: deps vet
 	go test $(GO_TEST_FLAGS) $(MODULES)
 
@@ -35,7 +35,7 @@ deps:
 
 build:
 	@mkdir -p bin
-	go build -o bin/ ./services/bridge ./services/sink-cache ./services/sink-es ./services/sink-kinesis ./cmd/jetsyncctl
+	go build -o bin/ ./services/bridge ./services/sink-cache ./services/sink-es ./services/sink-kinesis ./services/sink-postgres ./cmd/jetsyncctl
 
 vet:
 	go vet $(MODULES)

@@ -32,6 +32,11 @@ if $for_tests && [ -z "${ES_URL:-}" ]; then            # Elasticsearch 8: tests 
   ensure mvn maven
   ensure curl curl
 fi
+# PostgreSQL: the tests run initdb + pg_ctl from Debian's package (its
+# binaries live in /usr/lib/postgresql/*/bin, not on PATH).
+if $for_tests && [ -z "${PG_URL:-}" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  missing+=(postgresql)
+fi
 if $for_tests && [ -z "${KINESIS_ENDPOINT:-}" ]; then  # kinesalite, the Kinesis-compatible test server
   ensure node nodejs
   ensure npm npm
@@ -47,10 +52,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkgs >/dev/null
   else
     echo "missing: ${pkgs} (Debian/Ubuntu: apt-get install -y ${pkgs})" >&2
-    echo "Elasticsearch and Kinesis tests can use running servers instead: set ES_URL and KINESIS_ENDPOINT" >&2
+    echo "Elasticsearch, Kinesis and PostgreSQL tests can use running servers instead: set ES_URL, KINESIS_ENDPOINT and PG_URL" >&2
     exit 1
   fi
 fi
-# Debian's package starts a system redis on 6379; the tests start their own
-# on free ports and `make up` uses its own data dir, so it is left alone.
+# Debian's packages start a system redis on 6379 and a system PostgreSQL
+# cluster on 5432; the tests start their own on free ports and `make up`
+# uses its own data dir, so they are left alone.
 echo "deps ok: $(go version | cut -d' ' -f3), redis $(redis-server --version | cut -d' ' -f3 | sed 's/^v=//')${ES_URL:+, Elasticsearch at $ES_URL}${KINESIS_ENDPOINT:+, Kinesis at $KINESIS_ENDPOINT}"

@@ -1,0 +1,424 @@
+package relational
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/jetsync/jetsync/pkg/sink"
+)
+
+// Writer applies batches to PostgreSQL: one transaction per batch holding
+// its row writes (multi-row statements, pipelined) and the update of the
+// sink's jetsync_checkpoints row.
+type Writer struct {
+	name       string
+	url        string
+	tables     map[string]Table
+	maps       map[string][]action
+	unknownErr bool
+	log        *slog.Logger
+
+	mu   sync.Mutex
+	pool *pgxpool.Pool
+	// cols holds, per table the mappings write, its columns and their SQL
+	// types (format_type), read at Connect.
+	cols map[string]map[string]string
+
+	// last is the checkpoint this process last read or wrote. Finding
+	// another value in the checkpoint row means a second instance.
+	last   atomic.Uint64
+	loaded atomic.Bool
+}
+
+var (
+	_ sink.Writer             = (*Writer)(nil)
+	_ sink.CheckpointWriter   = (*Writer)(nil)
+	_ sink.CheckpointResetter = (*Writer)(nil)
+	_ sink.Pinger             = (*Writer)(nil)
+)
+
+// NewWriter validates cfg and compiles its mappings; it connects nothing.
+func NewWriter(cfg Config, log *slog.Logger) (*Writer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var p configProblems
+	maps := compileMappings(cfg.Name, cfg.Mappings, cfg.Tables, &p.Problems)
+	return &Writer{name: cfg.Name, url: cfg.Postgres.URL, tables: cfg.Tables, maps: maps,
+		unknownErr: cfg.UnknownTypes == UnknownError, log: log}, nil
+}
+
+// Connect opens the pool, creates jetsync_checkpoints and the declared
+// tables that are missing, and reads the columns of every table the
+// mappings write, checking that the key columns and _position exist.
+func (w *Writer) Connect(ctx context.Context) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.pool != nil {
+		return nil
+	}
+	pc, err := pgxpool.ParseConfig(w.url)
+	if err != nil {
+		return sink.Permanent(fmt.Errorf("postgres.url: %w", err))
+	}
+	pc.MaxConns = 2
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return err
+	}
+	cols, err := w.prepareSchema(ctx, pool)
+	if err != nil {
+		pool.Close()
+		return err
+	}
+	w.pool, w.cols = pool, cols
+	return nil
+}
+
+func (w *Writer) prepareSchema(ctx context.Context, pool *pgxpool.Pool) (map[string]map[string]string, error) {
+	if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+CheckpointTable+` (
+		sink text PRIMARY KEY, position bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+		return nil, classify(err, "creating "+CheckpointTable)
+	}
+	for _, name := range sortedKeys(w.tables) {
+		t := w.tables[name]
+		var defs []string
+		for _, c := range sortedKeys(t.Columns) {
+			defs = append(defs, quote(c)+" "+t.Columns[c])
+		}
+		pk := make([]string, len(t.PrimaryKey))
+		for i, c := range t.PrimaryKey {
+			pk[i] = quote(c)
+		}
+		defs = append(defs, quote(PositionColumn)+" bigint NOT NULL", "PRIMARY KEY ("+strings.Join(pk, ", ")+")")
+		if _, err := pool.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+quote(name)+" (\n\t"+strings.Join(defs, ",\n\t")+"\n)"); err != nil {
+			return nil, classify(err, "creating table "+name)
+		}
+	}
+	cols := map[string]map[string]string{}
+	for _, acts := range w.maps {
+		for _, a := range acts {
+			if cols[a.table] != nil {
+				continue
+			}
+			rows, err := pool.Query(ctx, `SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
+				WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped`, quote(a.table))
+			if err != nil {
+				return nil, classify(err, "reading the columns of "+a.table)
+			}
+			m := map[string]string{}
+			for rows.Next() {
+				var n, t string
+				if err := rows.Scan(&n, &t); err != nil {
+					rows.Close()
+					return nil, err
+				}
+				m[n] = t
+			}
+			if err := rows.Err(); err != nil {
+				return nil, classify(err, "reading the columns of "+a.table)
+			}
+			if len(m) == 0 {
+				return nil, sink.Permanent(fmt.Errorf("%w: table %s does not exist (%s writes it): create it, or declare it under tables.%s to have the sink create it",
+					ErrSchema, a.table, a.where, a.table))
+			}
+			for _, c := range append(slices.Clone(a.keyCols), PositionColumn) {
+				if _, ok := m[c]; !ok {
+					return nil, sink.Permanent(fmt.Errorf("%w: table %s has no column %s (%s needs it): ALTER TABLE %s ADD COLUMN %s",
+						ErrSchema, a.table, c, a.where, a.table, columnHint(c)))
+				}
+			}
+			cols[a.table] = m
+		}
+	}
+	return cols, nil
+}
+
+func columnHint(c string) string {
+	if c == PositionColumn {
+		return c + " bigint NOT NULL DEFAULT 0"
+	}
+	return c + " <type>"
+}
+
+// Ping tells whether PostgreSQL answers.
+func (w *Writer) Ping(ctx context.Context) error {
+	pool := w.getPool()
+	if pool == nil {
+		return ErrNotConnected
+	}
+	return pool.Ping(ctx)
+}
+
+// Close closes the pool; safe to call twice.
+func (w *Writer) Close(context.Context) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.pool != nil {
+		w.pool.Close()
+		w.pool = nil
+	}
+	return nil
+}
+
+func (w *Writer) getPool() *pgxpool.Pool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.pool
+}
+
+// LoadCheckpoint reads the sink's checkpoint row (creating it at 0).
+func (w *Writer) LoadCheckpoint(ctx context.Context) (uint64, error) {
+	pool := w.getPool()
+	if pool == nil {
+		return 0, ErrNotConnected
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO `+CheckpointTable+` (sink, position) VALUES ($1, 0) ON CONFLICT (sink) DO NOTHING`, w.name); err != nil {
+		return 0, classify(err, "creating the checkpoint row")
+	}
+	var pos int64
+	if err := pool.QueryRow(ctx, `SELECT position FROM `+CheckpointTable+` WHERE sink = $1`, w.name).Scan(&pos); err != nil {
+		return 0, classify(err, "reading the checkpoint")
+	}
+	w.last.Store(uint64(pos))
+	w.loaded.Store(true)
+	return uint64(pos), nil
+}
+
+// ResetCheckpoint sets the checkpoint to pos (jetsyncctl reset/replay),
+// checking, like a write, that no other instance moved it.
+func (w *Writer) ResetCheckpoint(ctx context.Context, pos uint64) error {
+	pool := w.getPool()
+	if pool == nil {
+		return ErrNotConnected
+	}
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if err := w.lockCheckpoint(ctx, tx); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE `+CheckpointTable+` SET position = $2, updated_at = now() WHERE sink = $1`, w.name, int64(pos)); err != nil {
+			return classify(err, "resetting the checkpoint")
+		}
+		w.last.Store(pos)
+		return nil
+	})
+}
+
+// lockCheckpoint locks the checkpoint row for the transaction and checks
+// that it holds what this process last read or wrote.
+func (w *Writer) lockCheckpoint(ctx context.Context, tx pgx.Tx) error {
+	if !w.loaded.Load() {
+		return ErrNotConnected // LoadCheckpoint first; the engine retries
+	}
+	var cp int64
+	err := tx.QueryRow(ctx, `SELECT position FROM `+CheckpointTable+` WHERE sink = $1 FOR UPDATE`, w.name).Scan(&cp)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return sink.Permanent(fmt.Errorf("%w: the %s row of sink %q was deleted while it ran", ErrConcurrentWriter, CheckpointTable, w.name))
+	}
+	if err != nil {
+		return classify(err, "reading the checkpoint")
+	}
+	if last := w.last.Load(); uint64(cp) != last {
+		return &committedError{cp: uint64(cp), err: sink.Permanent(fmt.Errorf("%w: %s row %q holds %d, this process last wrote %d; stop the other instance",
+			ErrConcurrentWriter, CheckpointTable, w.name, cp, last))}
+	}
+	return nil
+}
+
+// committedError is ErrConcurrentWriter with the position found, so that
+// WriteBatch can tell its own batch committed (reply lost) from another
+// instance.
+type committedError struct {
+	cp  uint64
+	err error
+}
+
+func (e *committedError) Error() string { return e.err.Error() }
+func (e *committedError) Unwrap() error { return e.err }
+
+// WriteBatch applies b in one transaction with the checkpoint update.
+func (w *Writer) WriteBatch(ctx context.Context, b *sink.Batch) error {
+	pool := w.getPool()
+	if pool == nil {
+		return ErrNotConnected
+	}
+	ops, failures := buildOps(ctx, b, w.maps, w.unknownErr, w.columns)
+	if len(failures) > 0 {
+		return &sink.BatchError{Failures: failures}
+	}
+	stmts := plan(ops, w.upsertCols)
+	if !b.Redelivery && b.Through < w.last.Load() {
+		return sink.Permanent(fmt.Errorf("checkpoint would move back from %d to %d", w.last.Load(), b.Through))
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return classify(err, "beginning the transaction")
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if err := w.lockCheckpoint(ctx, tx); err != nil {
+		var cw *committedError
+		if !b.Redelivery && errors.As(err, &cw) && cw.cp == b.Through && b.Through > w.last.Load() {
+			// The previous attempt committed but its reply was lost (a
+			// connection cut during COMMIT): the batch is applied.
+			w.last.Store(b.Through)
+			return nil
+		}
+		return err
+	}
+	batch := &pgx.Batch{}
+	for _, s := range stmts {
+		sql, args := w.statementSQL(s)
+		batch.Queue(sql, args...)
+	}
+	if !b.Redelivery {
+		batch.Queue(`UPDATE `+CheckpointTable+` SET position = $2, updated_at = now() WHERE sink = $1`, w.name, int64(b.Through))
+	}
+	if batch.Len() > 0 {
+		if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+			return classify(err, fmt.Sprintf("writing the batch of positions %d..%d", firstPos(b), b.Through))
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return classify(err, "committing")
+	}
+	if !b.Redelivery {
+		w.last.Store(b.Through)
+	}
+	return nil
+}
+
+func firstPos(b *sink.Batch) uint64 {
+	if len(b.Events) == 0 {
+		return b.Through
+	}
+	return b.Events[0].Position
+}
+
+// columns lists a table's writable columns (nil before Connect).
+func (w *Writer) columns(table string) map[string]bool {
+	m := w.cols[table]
+	if m == nil {
+		return nil
+	}
+	out := make(map[string]bool, len(m))
+	for c := range m {
+		if c != PositionColumn {
+			out[c] = true
+		}
+	}
+	return out
+}
+
+// upsertCols lists a table's columns an upsert writes: all but the key and
+// _position.
+func (w *Writer) upsertCols(table string, keyCols []string) []string {
+	var out []string
+	for _, c := range sortedKeys(w.cols[table]) {
+		if c != PositionColumn && !slices.Contains(keyCols, c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// statementSQL renders one multi-row statement: every column is sent as a
+// text[] and cast to the column's type, rows unnested in step.
+func (w *Writer) statementSQL(s stmt) (string, []any) {
+	types := w.cols[s.table]
+	n := len(s.rows)
+	var args []any
+	var sel, names []string
+	addCol := func(name string, vals []*string) {
+		args = append(args, vals)
+		i := len(args)
+		sel = append(sel, fmt.Sprintf("u.a%d::%s", i, types[name]))
+		names = append(names, quote(name))
+	}
+	for k, c := range s.keyCols {
+		vals := make([]*string, n)
+		for r := range s.rows {
+			v := s.rows[r].key[k]
+			vals[r] = &v
+		}
+		addCol(c, vals)
+	}
+	for j, c := range s.cols {
+		vals := make([]*string, n)
+		for r := range s.rows {
+			vals[r] = s.rows[r].vals[j]
+		}
+		addCol(c, vals)
+	}
+	pos := make([]int64, n)
+	for r := range s.rows {
+		pos[r] = int64(s.rows[r].pos)
+	}
+	args = append(args, pos)
+	var unn, alias []string
+	for i := range args {
+		typ := "text[]"
+		if i == len(args)-1 {
+			typ = "bigint[]"
+		}
+		unn = append(unn, fmt.Sprintf("$%d::%s", i+1, typ))
+		alias = append(alias, fmt.Sprintf("a%d", i+1))
+	}
+	posArg := fmt.Sprintf("u.a%d", len(args))
+	from := "unnest(" + strings.Join(unn, ", ") + ") AS u(" + strings.Join(alias, ", ") + ")"
+	table := quote(s.table)
+
+	if s.op == ActionDelete {
+		var where []string
+		for k, c := range s.keyCols {
+			where = append(where, fmt.Sprintf("t.%s = %s", quote(c), sel[k]))
+		}
+		return "DELETE FROM " + table + " AS t USING " + from + " WHERE " + strings.Join(where, " AND ") +
+			" AND t." + quote(PositionColumn) + " <= " + posArg, args
+	}
+	var set []string
+	for _, c := range s.cols {
+		set = append(set, quote(c)+" = excluded."+quote(c))
+	}
+	set = append(set, quote(PositionColumn)+" = excluded."+quote(PositionColumn))
+	keyNames := names[:len(s.keyCols)]
+	return "INSERT INTO " + table + " AS t (" + strings.Join(names, ", ") + ", " + quote(PositionColumn) + ")" +
+		" SELECT " + strings.Join(sel, ", ") + ", " + posArg + " FROM " + from +
+		" ON CONFLICT (" + strings.Join(keyNames, ", ") + ") DO UPDATE SET " + strings.Join(set, ", ") +
+		" WHERE t." + quote(PositionColumn) + " < excluded." + quote(PositionColumn), args
+}
+
+// quote quotes a (possibly schema-qualified) identifier.
+func quote(name string) string {
+	return pgx.Identifier(strings.Split(name, ".")).Sanitize()
+}
+
+// classify wraps a PostgreSQL error: data and constraint errors (SQLSTATE
+// classes 22, 23), and undefined or wrongly typed objects (42) are
+// permanent; anything else (a lost connection, a restart, 40001
+// serialization failures, 57014 statement timeouts) is retried.
+func classify(err error, doing string) error {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		switch pe.Code[:2] {
+		case "22", "23", "42":
+			return sink.Permanent(fmt.Errorf("%w: %s: %s (SQLSTATE %s, table %s, column %s)",
+				ErrRefused, doing, pe.Message, pe.Code, pe.TableName, pe.ColumnName))
+		case "28":
+			return sink.Permanent(fmt.Errorf("%s: %w", doing, err))
+		}
+	}
+	return fmt.Errorf("%s: %w", doing, err)
+}
