@@ -63,6 +63,15 @@ var acceptedEnv = map[string][]string{
 		"JETSYNC_KINESIS_SHARD_COUNT", "JETSYNC_KINESIS_MAX_RECORDS_PER_CALL", "JETSYNC_KINESIS_MAX_BYTES_PER_CALL",
 		"JETSYNC_KINESIS_REQUEST_TIMEOUT",
 	},
+	"sink-postgres": {
+		// pkg/sink.Config, inlined at the top of every sink's file.
+		"JETSYNC_NAME", "JETSYNC_NATS_URL", "JETSYNC_STREAM", "JETSYNC_FILTERS",
+		"JETSYNC_BATCH_MAX_EVENTS", "JETSYNC_BATCH_MAX_BYTES", "JETSYNC_BATCH_MAX_INTERVAL",
+		"JETSYNC_BATCH_FLUSH_WHEN_IDLE", "JETSYNC_RETRY_INITIAL", "JETSYNC_RETRY_MAX", "JETSYNC_ON_ERROR",
+		"JETSYNC_SHUTDOWN_TIMEOUT", "JETSYNC_CHECKPOINT_BUCKET", "JETSYNC_HTTP_LISTEN",
+		// services/sink-postgres/relational.Config.
+		"JETSYNC_POSTGRES_URL", "JETSYNC_UNKNOWN_TYPES",
+	},
 }
 
 func TestComposeLoads(t *testing.T) {
@@ -218,10 +227,11 @@ func TestComposeEnvironment(t *testing.T) {
 		}
 	}
 	want := map[string]map[string]string{
-		"bridge":       {"JETSYNC_NATS_URL": "nats://nats:4222", "JETSYNC_HTTP_LISTEN": "0.0.0.0:8080"},
-		"sink-cache":   {"JETSYNC_NATS_URL": "nats://nats:4222", "JETSYNC_REDIS_ADDR": "redis:6379"},
-		"sink-kinesis": {"JETSYNC_NATS_URL": "nats://nats:4222", "JETSYNC_KINESIS_ENDPOINT": "http://kinesis:4567"},
-		"sink-es":      {"JETSYNC_NATS_URL": "nats://nats:4222", "JETSYNC_ELASTICSEARCH_URLS": "http://elasticsearch:9200"},
+		"bridge":        {"JETSYNC_NATS_URL": "nats://nats:4222", "JETSYNC_HTTP_LISTEN": "0.0.0.0:8080"},
+		"sink-cache":    {"JETSYNC_NATS_URL": "nats://nats:4222", "JETSYNC_REDIS_ADDR": "redis:6379"},
+		"sink-kinesis":  {"JETSYNC_NATS_URL": "nats://nats:4222", "JETSYNC_KINESIS_ENDPOINT": "http://kinesis:4567"},
+		"sink-es":       {"JETSYNC_NATS_URL": "nats://nats:4222", "JETSYNC_ELASTICSEARCH_URLS": "http://elasticsearch:9200"},
+		"sink-postgres": {"JETSYNC_NATS_URL": "nats://nats:4222"},
 	}
 	for name, vars := range want {
 		env := service(t, p, name).Environment

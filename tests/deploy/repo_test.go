@@ -13,10 +13,11 @@ import (
 // jetsyncServices are the compose services built from this repository, with
 // the port their image exposes.
 var jetsyncServices = map[string]string{
-	"bridge":       "8080",
-	"sink-cache":   "9090",
-	"sink-es":      "9091",
-	"sink-kinesis": "9092",
+	"bridge":        "8080",
+	"sink-cache":    "9090",
+	"sink-es":       "9091",
+	"sink-kinesis":  "9092",
+	"sink-postgres": "9093",
 }
 
 // subcommand is what a service's binary is run with before its flags.
