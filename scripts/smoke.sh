@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs `make up` in the background on spare ports and checks it as a user
 # would:
-#  1. an event appended with curl (as the README shows) reaches Redis;
+#  1. an event appended with curl (as the README shows) reaches Redis, and
+#     PostgreSQL's orders table (sink-postgres);
 #  2. an event a sink refuses stops that sink (sink-es with a `total` that
 #     is not a number, or sink-cache when Elasticsearch is not up): the sink
 #     stays up, `jetsyncctl status` and /readyz say why, every other service
@@ -11,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp)
-export REDIS_PORT=${REDIS_PORT:-16379}
+export REDIS_PORT=${REDIS_PORT:-16379} PG_PORT=${PG_PORT:-15433}
 scripts/up.sh >"$log" 2>&1 &
 up=$!
 trap 'kill -TERM $up 2>/dev/null; wait $up 2>/dev/null || true; rm -f "$log"' EXIT
@@ -59,6 +60,20 @@ echo "POST /streams/order/${stream}/events"
 in_redis "$stream" || fail "the key order:${stream} never appeared in Redis"
 echo "redis GET order:${stream} -> ${got}"
 passed=$((passed + 1))
+if grep -q "^postgres: " "$log"; then
+  pg="postgres://postgres@127.0.0.1:${PG_PORT}/postgres?sslmode=disable"
+  row=
+  for _ in $(seq 1 100); do
+    row=$(psql "$pg" -Atc "select status || ' ' || total from orders where order_id = '${stream}'" 2>/dev/null || true)
+    [ -n "$row" ] && break
+    sleep 0.1
+  done
+  [ "$row" = "placed 42" ] || fail "orders row ${stream} in PostgreSQL is '${row}', want 'placed 42'"
+  echo "psql: orders ${stream} -> ${row}"
+  passed=$((passed + 1))
+else
+  fail "make up did not start PostgreSQL and sink-postgres"
+fi
 
 # 2. A refused event stops one sink; it stays up, says why, the rest go on.
 if curl -sf http://127.0.0.1:9091/healthz >/dev/null 2>&1; then

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the jetsync pipeline on this machine without Docker: the bridge with an
 # embedded NATS JetStream server (store in ./data/nats), a redis-server
-# (./data/redis) and sink-cache. Ctrl-C stops everything cleanly.
+# (./data/redis) and sink-cache, then each read model of scripts/up.d/
+# (Elasticsearch, Kinesis, PostgreSQL). Ctrl-C stops everything cleanly.
 #
 # A sink its error policy stops (on_error: stop) stays up, stopped: see
 # bin/jetsyncctl status, then skip or resume it. A sink that exits (crashes)
