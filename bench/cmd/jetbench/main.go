@@ -115,7 +115,7 @@ func main() {
 	flag.IntVar(&b.streams, "streams", 10_000, "event streams (aggregates) the events are spread over")
 	flag.IntVar(&b.payload, "payload", 250, "bytes of event data JSON")
 	flag.IntVar(&b.reps, "reps", 3, "repetitions of each catch-up and ingest measure; medians are reported")
-	sinks := flag.String("sinks", "cache,es,kinesis", "sinks to measure, comma-separated: cache (Redis), es (Elasticsearch 8: needs Java 17 and Maven, or ES_URL), kinesis (kinesalite: needs Node.js and npm, or KINESIS_ENDPOINT)")
+	sinks := flag.String("sinks", "cache,es,kinesis,postgres", "sinks to measure, comma-separated: cache (Redis), es (Elasticsearch 8: needs Java 17 and Maven, or ES_URL), kinesis (kinesalite: needs Node.js and npm, or KINESIS_ENDPOINT), postgres (PostgreSQL: needs Debian postgresql, or PG_URL)")
 	otherN := flag.Int("other-n", 200_000, "events the es and kinesis catch-ups cover (at most -n): those targets are ~10x slower than Redis")
 	otherRate := flag.Int("other-live-rate", 1000, "events/s appended in the es and kinesis live runs through the bridge; 0 skips them")
 	naiveN := flag.Int("naive-n", 50_000, "events the naive synchroniser applies on loopback")
@@ -262,9 +262,12 @@ func main() {
 	// anything is measured: a server that cannot start fails the run at
 	// once, not after the cache phases.
 	others := map[string]*kvSink{}
+	var pg *pgSink
 	if phases["catchup"] || phases["live"] {
 		for _, kind := range selected {
-			if kind != "cache" {
+			if kind == "postgres" {
+				pg = b.newPGSink(ctx)
+			} else if kind != "cache" {
 				others[kind] = b.newKVSink(ctx, kind, b.startTarget(ctx, kind))
 			}
 		}
@@ -367,6 +370,9 @@ func main() {
 				b.otherCatchUpTable(b.otherCatchUp(ctx, s, *otherN, bs))
 			}
 		}
+		if pg != nil {
+			b.pgCatchUpTable(pg, b.pgCatchUp(ctx, pg, *otherN, *naiveN, bs))
+		}
 	}
 
 	if *latency > 0 && phases["latency"] {
@@ -423,7 +429,7 @@ func main() {
 	if !phases["live"] || !cacheOn {
 		*liveRate = 0
 	}
-	if !phases["live"] || len(others) == 0 {
+	if !phases["live"] || len(others) == 0 && pg == nil {
 		*otherRate = 0
 	}
 	if !phases["append"] {
@@ -445,6 +451,12 @@ func main() {
 				l := b.sinkLive(ctx, s, url, bs, *otherRate, *liveDur)
 				b.liveTable(kind, []int{*otherRate}, *liveDur, bs, []latencies{l}, kvVisible(kind))
 			}
+		}
+		if pg != nil && *otherRate > 0 {
+			b.logf("live: sink-postgres, %d events/s through the bridge for %s", *otherRate, *liveDur)
+			l := b.sinkLive(ctx, pg, url, bs, *otherRate, *liveDur)
+			pg.stopPolling()
+			b.liveTable("postgres", []int{*otherRate}, *liveDur, bs, []latencies{l}, pgVisible)
 		}
 		if *appendN > 0 {
 			b.logf("batched HTTP appends: %d events, %d per append, %d clients", *appendN, *appendBatch, *appendClients)
@@ -734,8 +746,8 @@ func parseSinks(list string) ([]string, error) {
 	var out []string
 	for _, s := range strings.Split(list, ",") {
 		s = strings.TrimSpace(s)
-		if !slices.Contains([]string{"cache", "es", "kinesis"}, s) {
-			return nil, fmt.Errorf("%q is not a sink; the sinks are cache, es, kinesis", s)
+		if !slices.Contains([]string{"cache", "es", "kinesis", "postgres"}, s) {
+			return nil, fmt.Errorf("%q is not a sink; the sinks are cache, es, kinesis, postgres", s)
 		}
 		if !slices.Contains(out, s) {
 			out = append(out, s)
