@@ -1,31 +1,73 @@
 // Command sink-postgres keeps PostgreSQL read models up to date from the
 // jetsync event stream: each event type maps to row writes (upsert, patch,
 // delete) committed in one transaction per batch together with the sink's
-// checkpoint row.
+// checkpoint row. It also rebuilds them without downtime:
 //
-//	sink-postgres -config sink-postgres.yaml
+//	sink-postgres -config sink-postgres.yaml           run the sink
+//	sink-postgres rebuild -config sink-postgres.yaml   rebuild its tables from
+//	                                                   position 0 into shadow
+//	                                                   tables, then swap
 //
-// Exit codes: 0 after a clean stop, 2 for a bad configuration or command
-// line, 1 for anything else.
+// Exit codes: 0 after a clean stop (or a finished rebuild), 2 for a bad
+// configuration or command line, 1 for anything else (a rebuild that cannot
+// finish, e.g. at an event a new table refuses, exits 1 with the event
+// named, the live tables untouched and the shadow tables dropped).
 package main
 
 import (
+	"context"
 	"flag"
+	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetsync/jetsync/pkg/config"
+	"github.com/jetsync/jetsync/pkg/deadletter"
+	"github.com/jetsync/jetsync/pkg/natsutil"
+	"github.com/jetsync/jetsync/pkg/sink"
 	"github.com/jetsync/jetsync/pkg/sinkd"
 	"github.com/jetsync/jetsync/services/sink-postgres/relational"
 )
 
-func main() { os.Exit(run(os.Args[1:])) }
+func main() { os.Exit(run(context.Background(), os.Args[1:])) }
 
-func run(args []string) int {
+const usage = `usage: sink-postgres [run] -config FILE
+       sink-postgres rebuild -config FILE [-keep-failed] [-swap-wait D] [-timeout D]
+(the command may also follow the flags: sink-postgres -config FILE rebuild, as
+in docker compose run sink-postgres rebuild)`
+
+func run(ctx context.Context, args []string) int {
+	cmd := ""
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
 	fs := flag.NewFlagSet("sink-postgres", flag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprintln(os.Stderr, usage); fs.PrintDefaults() }
 	path := fs.String("config", "", "YAML config file; JETSYNC_* environment variables override it (e.g. JETSYNC_POSTGRES_URL)")
-	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
-		fs.Usage()
+	keepFailed := fs.Bool("keep-failed", false, "rebuild: if it fails, keep the shadow tables (for inspection) instead of dropping them")
+	swapWait := fs.Duration("swap-wait", 10*time.Second, "rebuild: how long the swap may hold the live sink's checkpoint row for the shadow tables to reach it")
+	timeout := fs.Duration("timeout", 0, "rebuild: give up after this long (0: no limit)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if cmd == "" && fs.NArg() > 0 { // the image's ENTRYPOINT puts -config first
+		cmd = fs.Arg(0)
+		if err := fs.Parse(fs.Args()[1:]); err != nil {
+			return 2
+		}
+	}
+	if cmd == "" {
+		cmd = "run"
+	}
+	if (cmd != "run" && cmd != "rebuild") || fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "sink-postgres: unexpected %q\n%s\n", strings.Join(append([]string{cmd}, fs.Args()...), " "), usage)
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -37,5 +79,67 @@ func run(args []string) int {
 	if err != nil {
 		return sinkd.ConfigError("sink-postgres", err)
 	}
+	if cmd == "rebuild" {
+		ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		if *timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, *timeout)
+			defer cancel()
+		}
+		return rebuild(ctx, cfg, relational.RebuildOptions{KeepFailed: *keepFailed, SwapWait: *swapWait}, log)
+	}
 	return sinkd.Serve(cfg.Config, w, log, sinkd.WithConfigFile(*path, "JETSYNC"))
+}
+
+func rebuild(ctx context.Context, cfg relational.Config, ro relational.RebuildOptions, log *slog.Logger) int {
+	nc, err := natsutil.Connect(cfg.NATS.URL, "jetsync-sink-"+cfg.Name+"-rebuild", log)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	defer drain(nc)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	if cfg.OnError == sink.OnErrorDeadLetter || cfg.OnError == sink.OnErrorPark {
+		q, err := deadletter.Open(ctx, js)
+		if err != nil {
+			log.Error("cannot start", "err", err)
+			return 1
+		}
+		ro.EngineOptions = append(ro.EngineOptions, sink.WithDeadLetters(q))
+	}
+	res, err := relational.Rebuild(ctx, cfg, js, log, ro)
+	if err != nil {
+		log.Error("rebuild failed", "err", err)
+		return 1
+	}
+	for _, t := range res.Tables {
+		fmt.Printf("%s: rebuilt; the previous table is kept as %s\n", t, res.Old[t])
+	}
+	fmt.Printf("rebuilt through position %d: %d events in %s; the live sink waited at most %s\n",
+		res.Through, res.Events, res.Took.Round(time.Millisecond), res.Locked.Round(time.Millisecond))
+	fmt.Println("drop the previous tables once the new ones are checked:")
+	for _, s := range res.DropStatements() {
+		fmt.Println("  " + s)
+	}
+	return 0
+}
+
+// drain closes the NATS connection gracefully, waiting at most 5s.
+func drain(nc *nats.Conn) {
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	if err := nc.Drain(); err != nil {
+		nc.Close()
+		return
+	}
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		nc.Close()
+	}
 }
