@@ -22,7 +22,7 @@ bench: deps
 	@mkdir -p .tmp
 	go run ./bench/cmd/jetbench -n $${BENCH_N:-1000000} -o .tmp/bench.md
 
-## fuzz: run every fuzz target (FUZZTIME=10s each); CI runs them for 3s
+## fuzz: run every fuzz target (FUZZTIME=10s each; CI runs them for 3s), then schemathesis against a live bridge (1000 examples per operation)
 fuzz:
 	@scripts/fuzz.sh
 

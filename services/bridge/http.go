@@ -46,6 +46,7 @@ func NewAPI(app *Appender, maxBody int64, timeout time.Duration, ready func() bo
 //	GET  /healthz                         the process is up
 //	GET  /readyz                          NATS is connected
 //	GET  /metrics                         Prometheus metrics
+//	GET  /openapi.yaml, /openapi.json     the API contract (docs/openapi.yaml)
 func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /streams/{category}/{id}/events", a.append)
@@ -68,6 +69,10 @@ func (a *API) Handler() http.Handler {
 		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 	}))
 	mux.HandleFunc("/metrics", methodNotAllowed("GET, HEAD"))
+	mux.HandleFunc("GET /openapi.yaml", serveOpenAPIYAML)
+	mux.HandleFunc("/openapi.yaml", methodNotAllowed("GET, HEAD"))
+	mux.HandleFunc("GET /openapi.json", serveOpenAPIJSON)
+	mux.HandleFunc("/openapi.json", methodNotAllowed("GET, HEAD"))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, errorBody{Error: "no such endpoint: " + r.URL.Path + "; see POST /streams/{category}/{id}/events"})
 	})
