@@ -75,7 +75,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Bridge, err erro
 	}
 	b.met = NewMetrics()
 	b.met.WatchAppender(b.app)
-	api := NewAPI(b.app, int64(cfg.HTTP.MaxBodyBytes), cfg.Append.Timeout, b.nc.IsConnected, b.met, log)
+	auth, err := NewAuthenticator(cfg)
+	if err != nil {
+		b.ln.Close()
+		return nil, err
+	}
+	api := NewAPI(b.app, int64(cfg.HTTP.MaxBodyBytes), cfg.Append.Timeout, b.nc.IsConnected, b.met, log).WithAuth(auth)
 	b.srv = &http.Server{
 		Handler:           api.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,

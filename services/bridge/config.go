@@ -20,6 +20,7 @@ type Config struct {
 	NATS   NATSConfig            `yaml:"nats"`
 	Stream natsutil.StreamConfig `yaml:"stream"`
 	Append AppendConfig          `yaml:"append"`
+	Auth   AuthConfig            `yaml:"auth"`
 }
 
 // HTTPConfig configures the append API.
@@ -93,6 +94,7 @@ func (c *Config) Validate() error {
 	if c.Append.Timeout <= 0 {
 		p.Addf("append.timeout", "must be positive, e.g. 5s")
 	}
+	c.Auth.validate(&p)
 	return p.Err()
 }
 

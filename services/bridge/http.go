@@ -28,6 +28,7 @@ type API struct {
 	ready   func() bool
 	met     *Metrics
 	log     *slog.Logger
+	auth    *Authenticator // nil: no authentication
 }
 
 // NewAPI builds the handler. ready reports whether NATS is reachable; met
@@ -64,9 +65,18 @@ func (a *API) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
 	mux.HandleFunc("/readyz", methodNotAllowed("GET, HEAD"))
-	mux.Handle("GET /metrics", promhttp.HandlerFor(a.met.Registry, promhttp.HandlerOpts{
+	metrics := promhttp.HandlerFor(a.met.Registry, promhttp.HandlerOpts{
 		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
-	}))
+	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		if a.auth != nil && a.auth.protectMetrics {
+			var denied int
+			if r, denied = a.auth.authorize(w, r, "admin", ""); denied != 0 {
+				return
+			}
+		}
+		metrics.ServeHTTP(w, r)
+	})
 	mux.HandleFunc("/metrics", methodNotAllowed("GET, HEAD"))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, errorBody{Error: "no such endpoint: " + r.URL.Path + "; see POST /streams/{category}/{id}/events"})
@@ -98,8 +108,20 @@ func methodNotAllowed(allow string) http.HandlerFunc {
 	}
 }
 
+// WithAuth makes the API authenticate and authorize requests; nil turns
+// authentication off.
+func (a *API) WithAuth(auth *Authenticator) *API {
+	a.auth = auth
+	return a
+}
+
 func (a *API) append(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	r, denied := a.auth.authorize(w, r, "append", r.PathValue("category"))
+	if denied != 0 {
+		a.met.appendDone(denied, false, 0, time.Since(start))
+		return
+	}
 	status, res := a.doAppend(w, r)
 	a.met.appendDone(status, res.Duplicate, len(res.Positions), time.Since(start))
 }
@@ -127,6 +149,10 @@ func (a *API) doAppend(w http.ResponseWriter, r *http.Request) (int, AppendResul
 }
 
 func (a *API) stream(w http.ResponseWriter, r *http.Request) {
+	r, denied := a.auth.authorize(w, r, "read", r.PathValue("category"))
+	if denied != 0 {
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), a.timeout)
 	defer cancel()
 	st, err := a.app.State(ctx, r.PathValue("category"), r.PathValue("id"))
