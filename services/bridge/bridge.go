@@ -89,7 +89,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Bridge, err erro
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	go func() { b.done <- b.srv.Serve(b.ln) }()
-	log.Info("bridge serving", "addr", b.ln.Addr().String(), "stream", cfg.Stream.Name)
+	if cfg.exposed() {
+		log.Warn("INSECURE: the append API listens beyond loopback without authentication (http.insecure: true); anyone who reaches it can append. Configure auth.tokens or auth.tokens_file",
+			"addr", b.ln.Addr().String())
+	}
+	log.Info("bridge serving", "addr", b.ln.Addr().String(), "stream", cfg.Stream.Name, "auth", auth != nil)
 	return b, nil
 }
 

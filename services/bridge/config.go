@@ -30,6 +30,10 @@ type HTTPConfig struct {
 	// ShutdownTimeout bounds how long a stopping bridge waits for requests
 	// in flight before it closes their connections.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// Insecure lets the bridge listen beyond loopback with auth off (no
+	// auth.tokens or auth.tokens_file): anyone who reaches the port can
+	// append. Without it such a config is refused.
+	Insecure bool `yaml:"insecure"`
 }
 
 // NATSConfig says where JetStream is. An empty URL runs an embedded server.
@@ -71,6 +75,8 @@ func (c *Config) Validate() error {
 	var p config.Problems
 	if err := validateListen(c.HTTP.Listen); err != "" {
 		p.Addf("http.listen", "%s", err)
+	} else if !c.authEnabled() && !c.HTTP.Insecure && !isLoopback(c.HTTP.Listen) {
+		p.Addf("http.listen", "%q is reachable beyond this machine and auth is off: anyone could append; configure auth.tokens or auth.tokens_file, listen on 127.0.0.1, or set http.insecure: true to accept the risk", c.HTTP.Listen)
 	}
 	if c.HTTP.MaxBodyBytes < 1024 {
 		p.Addf("http.max_body_bytes", "must be at least 1KiB, got %d; e.g. 1MiB", int64(c.HTTP.MaxBodyBytes))
@@ -107,6 +113,23 @@ func validateListen(addr string) string {
 		return "has port " + strconv.Quote(port) + "; use a number from 0 to 65535"
 	}
 	return ""
+}
+
+// isLoopback reports whether a valid listen address binds loopback only.
+// A host name other than localhost is not trusted to resolve to loopback.
+func isLoopback(addr string) bool {
+	host, _, _ := net.SplitHostPort(addr)
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// exposed reports whether the API listens beyond loopback without auth
+// (allowed only with http.insecure).
+func (c *Config) exposed() bool {
+	return !c.authEnabled() && !isLoopback(c.HTTP.Listen)
 }
 
 func validateNATSURL(u string) string {
