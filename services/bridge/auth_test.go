@@ -304,3 +304,40 @@ func TestTokenHashCommand(t *testing.T) {
 		t.Fatalf("-new printed %q", out.String())
 	}
 }
+
+// The principal is stored with each event, exposed in its metadata, and
+// cannot be forged: metadata.principal is refused, and a
+// Jetsync-Principal request header is ignored.
+func TestPrincipalStoredWithEvents(t *testing.T) {
+	e := newAuthEnv(t, testAuthConfig())
+	body := `[{"id":"p1","type":"Placed","data":{},"metadata":{"correlationId":"c1"}},{"id":"p2","type":"Placed","data":{}}]`
+	wantStatus(t, do(t, "POST", e.url+"/streams/order/p/events", body, "Authorization", "Bearer "+secretWriter, "Jetsync-Principal", "ops"), 200)
+	evs := readSubject(t, e.js, "events.order.p")
+	if len(evs) != 2 {
+		t.Fatalf("%d events", len(evs))
+	}
+	for i, want := range []string{`{"principal":"writer","correlationId":"c1"}`, `{"principal":"writer"}`} {
+		if evs[i].Principal != "writer" || string(evs[i].Metadata) != want {
+			t.Errorf("event %d: principal %q metadata %s, want %s", i, evs[i].Principal, evs[i].Metadata, want)
+		}
+	}
+	for _, md := range []string{`{"principal":"ops"}`, `{"princip\u0061l":"ops"}`} {
+		r := do(t, "POST", e.url+"/streams/order/p/events", `[{"id":"f1","type":"Placed","data":{},"metadata":`+md+`}]`, bearer(secretWriter)...)
+		wantStatus(t, r, 400)
+		if r.Field != "events[0].metadata.principal" {
+			t.Errorf("field %q", r.Field)
+		}
+	}
+}
+
+// Without auth nothing is stored as principal, and metadata.principal is
+// still refused: a reader could not tell it from an authenticated one.
+func TestPrincipalRefusedWithoutAuth(t *testing.T) {
+	e := newEnv(t)
+	wantStatus(t, e.post(t, "order", "n", `[{"id":"n1","type":"T","data":{},"metadata":{"principal":"me"}}]`), 400)
+	wantStatus(t, e.post(t, "order", "n", `[{"id":"n2","type":"T","data":{},"metadata":{"a":1}}]`), 200)
+	evs := readSubject(t, e.js, "events.order.n")
+	if len(evs) != 1 || evs[0].Principal != "" || string(evs[0].Metadata) != `{"a":1}` {
+		t.Fatalf("%+v", evs)
+	}
+}

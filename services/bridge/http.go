@@ -128,7 +128,7 @@ func (a *API) append(w http.ResponseWriter, r *http.Request) {
 
 // doAppend answers an append request and returns the status it answered with.
 func (a *API) doAppend(w http.ResponseWriter, r *http.Request) (int, AppendResult) {
-	req := AppendRequest{Category: r.PathValue("category"), StreamID: r.PathValue("id")}
+	req := AppendRequest{Category: r.PathValue("category"), StreamID: r.PathValue("id"), Principal: principalFrom(r.Context())}
 	var err error
 	if req.ExpectedVersion, err = expectedVersion(r); err != nil {
 		return writeError(w, err, a.log), AppendResult{}
