@@ -52,7 +52,7 @@ type tokensFile struct {
 
 // enabled reports whether requests must be authenticated.
 func (c *Config) authEnabled() bool {
-	return len(c.Auth.Tokens) > 0 || c.Auth.TokensFile != ""
+	return len(c.Auth.Tokens) > 0 || c.Auth.TokensFile != "" || c.HTTP.TLS.ClientCAFile != ""
 }
 
 // validate checks the auth section, reading the tokens file.

@@ -34,6 +34,8 @@ type HTTPConfig struct {
 	// auth.tokens or auth.tokens_file): anyone who reaches the port can
 	// append. Without it such a config is refused.
 	Insecure bool `yaml:"insecure"`
+	// TLS serves HTTPS (and mutual TLS with client_ca_file).
+	TLS TLSConfig `yaml:"tls"`
 }
 
 // NATSConfig says where JetStream is. An empty URL runs an embedded server.
@@ -101,6 +103,10 @@ func (c *Config) Validate() error {
 		p.Addf("append.timeout", "must be positive, e.g. 5s")
 	}
 	c.Auth.validate(&p)
+	c.HTTP.TLS.validate(&p)
+	if len(c.Auth.ClientCerts) > 0 && c.HTTP.TLS.ClientCAFile == "" {
+		p.Addf("auth.client_certs", "needs http.tls.client_ca_file: without mutual TLS no client presents a certificate")
+	}
 	return p.Err()
 }
 
