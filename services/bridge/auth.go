@@ -36,6 +36,13 @@ type TokenConfig struct {
 	Name   string   `yaml:"name"`   // the principal stored with the events it appends
 	SHA256 string   `yaml:"sha256"` // hex SHA-256 of the secret: bridge token-hash
 	Scopes []string `yaml:"scopes"` // append:<category pattern>, read:<category pattern>, admin
+	// MaxInflight bounds this token's appends running at once; more get
+	// 429 at once. 0: no bound.
+	MaxInflight int `yaml:"max_inflight"`
+	// Rate bounds this token's appends per second (a token bucket of Burst,
+	// at least 1); an append past it gets 429 with Retry-After. 0: no bound.
+	Rate  float64 `yaml:"rate"`
+	Burst int     `yaml:"burst"`
 }
 
 // ClientCertConfig grants scopes to client certificates whose subject
@@ -75,6 +82,15 @@ func (a *AuthConfig) validate(p *config.Problems) {
 				p.Addf(k+".sha256", "must be 64 hex digits, the SHA-256 of the token; compute it with `bridge token-hash` (never put the token itself here)")
 			}
 			checkScopes(k+".scopes", t.Scopes, p)
+			if t.MaxInflight < 0 {
+				p.Addf(k+".max_inflight", "must be 0 (no bound) or positive, got %d", t.MaxInflight)
+			}
+			if t.Rate < 0 {
+				p.Addf(k+".rate", "must be 0 (no bound) or appends per second, e.g. 50; got %v", t.Rate)
+			}
+			if t.Burst < 0 || (t.Burst > 0 && t.Rate <= 0) {
+				p.Addf(k+".burst", "is the appends a rate allows at once: positive, with rate set; got %d", t.Burst)
+			}
 		}
 	}
 	checkTokens("auth.tokens", a.Tokens)
@@ -156,10 +172,11 @@ func (s scope) allows(action, category string) bool {
 	return s.pattern == category
 }
 
-// grant is a principal with its scopes.
+// grant is a principal with its scopes and, for a token, its limits.
 type grant struct {
 	name   string
 	scopes []scope
+	limits *limits // nil: none
 }
 
 func (g *grant) allows(action, category string) bool {
@@ -205,7 +222,7 @@ func NewAuthenticator(cfg Config) (*Authenticator, error) {
 		toks = append(toks[:len(toks):len(toks)], more...)
 	}
 	for _, t := range toks {
-		e := tokenEntry{grant: grant{name: t.Name, scopes: mustScopes(t.Scopes)}}
+		e := tokenEntry{grant: grant{name: t.Name, scopes: mustScopes(t.Scopes), limits: newLimits(t)}}
 		if n, err := hex.Decode(e.hash[:], []byte(t.SHA256)); err != nil || n != sha256.Size {
 			return nil, fmt.Errorf("%w: token %q: sha256 must be 64 hex digits", config.ErrInvalid, t.Name)
 		}
@@ -259,13 +276,22 @@ func (a *Authenticator) certGrant(cert *x509.Certificate) *grant {
 	return &grant{name: subject} // authenticated, no scopes: 403 names the one missing
 }
 
-type principalKey struct{}
+type grantKey struct{}
+
+// grantFrom is the authenticated principal's grant in a request's context;
+// nil when auth is off.
+func grantFrom(ctx context.Context) *grant {
+	g, _ := ctx.Value(grantKey{}).(*grant)
+	return g
+}
 
 // principalFrom is the authenticated principal of a request's context; ""
 // when auth is off.
 func principalFrom(ctx context.Context) string {
-	p, _ := ctx.Value(principalKey{}).(string)
-	return p
+	if g := grantFrom(ctx); g != nil {
+		return g.name
+	}
+	return ""
 }
 
 // authorize answers 401 or 403 and returns that status unless the request
@@ -300,7 +326,7 @@ func (a *Authenticator) authorize(w http.ResponseWriter, r *http.Request, action
 		w.Header().Set("WWW-Authenticate", `Bearer realm="jetsync", error="insufficient_scope", scope=`+strconv.Quote(need))
 		return r, writeJSON(w, http.StatusForbidden, errorBody{Error: fmt.Sprintf("%q lacks the scope %s", g.name, need)})
 	}
-	return r.WithContext(context.WithValue(r.Context(), principalKey{}, g.name)), 0
+	return r.WithContext(context.WithValue(r.Context(), grantKey{}, g)), 0
 }
 
 func unauthorized(w http.ResponseWriter, params, msg string) int {

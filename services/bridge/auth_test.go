@@ -58,6 +58,7 @@ func (s *syncBuffer) String() string {
 type authEnv struct {
 	url string
 	js  jetstream.JetStream
+	app *Appender
 	log *syncBuffer
 }
 
@@ -90,12 +91,13 @@ func newAuthEnv(t *testing.T, ac AuthConfig) *authEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	api := NewAPI(NewAppender(js, stream), testMaxBody, testTimeout, nc.IsConnected, nil, log).WithAuth(auth)
+	app := NewAppender(js, stream)
+	api := NewAPI(app, testMaxBody, testTimeout, nc.IsConnected, nil, log).WithAuth(auth)
 	srv := httptest.NewUnstartedServer(api.Handler())
 	srv.Config.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	srv.Start()
 	t.Cleanup(srv.Close)
-	return &authEnv{url: srv.URL, js: js, log: buf}
+	return &authEnv{url: srv.URL, js: js, app: app, log: buf}
 }
 
 func bearer(secret string) []string {

@@ -50,6 +50,9 @@ type AppendConfig struct {
 	// another append of this bridge included. When it passes the client gets
 	// 503 and may retry with the same event ids.
 	Timeout time.Duration `yaml:"timeout"`
+	// MaxJSONDepth bounds how deeply an event's data and metadata nest
+	// objects and arrays; deeper events get 400.
+	MaxJSONDepth int `yaml:"max_json_depth"`
 }
 
 // DefaultConfig is what an empty file means.
@@ -58,7 +61,7 @@ func DefaultConfig() Config {
 		HTTP:   HTTPConfig{Listen: "127.0.0.1:8080", MaxBodyBytes: 1 << 20, ShutdownTimeout: 10 * time.Second},
 		NATS:   NATSConfig{Embedded: natsutil.EmbeddedConfig{Host: "127.0.0.1", Port: 4222, StoreDir: "./data/nats"}},
 		Stream: natsutil.DefaultStreamConfig(),
-		Append: AppendConfig{Timeout: 5 * time.Second},
+		Append: AppendConfig{Timeout: 5 * time.Second, MaxJSONDepth: DefaultMaxJSONDepth},
 	}
 }
 
@@ -101,6 +104,9 @@ func (c *Config) Validate() error {
 	c.Stream.Validate("stream", &p)
 	if c.Append.Timeout <= 0 {
 		p.Addf("append.timeout", "must be positive, e.g. 5s")
+	}
+	if c.Append.MaxJSONDepth < 1 || c.Append.MaxJSONDepth > 1000 {
+		p.Addf("append.max_json_depth", "must be 1 to 1000, got %d; e.g. %d", c.Append.MaxJSONDepth, DefaultMaxJSONDepth)
 	}
 	c.Auth.validate(&p)
 	c.HTTP.TLS.validate(&p)
