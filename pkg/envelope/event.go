@@ -4,6 +4,7 @@
 package envelope
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -24,7 +25,15 @@ const (
 	HeaderVersion  = "Jetsync-Version"
 	HeaderTime     = "Jetsync-Time"
 	HeaderMetadata = "Jetsync-Metadata"
+	// HeaderPrincipal is who appended the event: the bridge's authenticated
+	// token name or client certificate subject. Only the bridge sets it.
+	HeaderPrincipal = "Jetsync-Principal"
 )
+
+// MetadataPrincipal is the metadata key under which FromMsg exposes the
+// principal, so sinks write it wherever they write the metadata. Clients
+// cannot set it: the bridge refuses appends whose metadata has it.
+const MetadataPrincipal = "principal"
 
 // MaxTokenLen bounds category and stream id lengths; a subject is not a blob.
 const MaxTokenLen = 256
@@ -41,6 +50,9 @@ type Event struct {
 	Data     json.RawMessage `json:"data"`
 	Metadata json.RawMessage `json:"metadata,omitempty"`
 	Position uint64          `json:"position,omitempty"`
+	// Principal is who appended the event ("" when the bridge ran without
+	// auth). FromMsg also puts it in Metadata under MetadataPrincipal.
+	Principal string `json:"-"`
 }
 
 // Subject is the JetStream subject the event is stored under.
@@ -160,6 +172,9 @@ func (e *Event) ToMsg() *nats.Msg {
 	if len(e.Metadata) > 0 && string(e.Metadata) != "null" {
 		m.Header[HeaderMetadata] = []string{string(e.Metadata)}
 	}
+	if e.Principal != "" {
+		m.Header[HeaderPrincipal] = []string{e.Principal}
+	}
 	return m
 }
 
@@ -199,7 +214,49 @@ func FromMsg(subject string, hdr nats.Header, data []byte, position uint64) (Eve
 	if md := first(hdr, HeaderMetadata); md != "" {
 		ev.Metadata = json.RawMessage(md)
 	}
+	if p := first(hdr, HeaderPrincipal); p != "" {
+		ev.Principal = p
+		ev.Metadata = withPrincipal(ev.Metadata, p)
+	}
 	return ev, nil
+}
+
+// withPrincipal is the metadata object md with "principal": p first, in
+// place of any principal md holds.
+func withPrincipal(md json.RawMessage, p string) json.RawMessage {
+	q, _ := json.Marshal(p) // a string always marshals
+	out := make([]byte, 0, len(md)+len(q)+16)
+	out = append(out, `{"`+MetadataPrincipal+`":`...)
+	out = append(out, q...)
+	var buf [16]Member
+	members, _ := SplitObject(buf[:0], md) // null or not an object: no members
+	for _, m := range members {
+		if string(m.Key) == MetadataPrincipal {
+			continue
+		}
+		k, _ := json.Marshal(string(m.Key))
+		out = append(out, ',')
+		out = append(out, k...)
+		out = append(out, ':')
+		out = append(out, m.Val...)
+	}
+	return append(out, '}')
+}
+
+// HasMetadataKey reports whether the metadata object md has the top-level
+// key (compared unescaped).
+func HasMetadataKey(md []byte, key string) bool {
+	if !bytes.Contains(md, []byte(key)) && !bytes.Contains(md, []byte(`\u`)) {
+		return false
+	}
+	var buf [16]Member
+	members, _ := SplitObject(buf[:0], md)
+	for _, m := range members {
+		if string(m.Key) == key {
+			return true
+		}
+	}
+	return false
 }
 
 // first is hdr.Get without canonicalising the key on every call.

@@ -82,3 +82,53 @@ func TestFromMsgRejectsForeignMessages(t *testing.T) {
 		}
 	}
 }
+
+func TestPrincipalRoundTrip(t *testing.T) {
+	for _, tt := range []struct {
+		name, principal, metadata, want string
+	}{
+		{"no principal", "", `{"a":1}`, `{"a":1}`},
+		{"no metadata", "orders", ``, `{"principal":"orders"}`},
+		{"null metadata", "orders", `null`, `{"principal":"orders"}`},
+		{"merged first", "CN=svc,O=acme", `{"a":1,"b":{"c":[1,2]}}`, `{"principal":"CN=svc,O=acme","a":1,"b":{"c":[1,2]}}`},
+		{"replaces a stored one", "orders", `{"principal":"forged","a":"x"}`, `{"principal":"orders","a":"x"}`},
+		{"escaped key replaced", "orders", `{"princip\u0061l":"forged"}`, `{"principal":"orders"}`},
+		{"quotes escaped", `a"b`, `{}`, `{"principal":"a\"b"}`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ev := Event{ID: "e1", Category: "order", StreamID: "o1", Type: "T", Version: 1, Data: []byte(`{}`), Metadata: json.RawMessage(tt.metadata), Principal: tt.principal}
+			m := ev.ToMsg()
+			if got := m.Header.Get(HeaderPrincipal); got != tt.principal {
+				t.Fatalf("header %q", got)
+			}
+			back, err := FromMsg(m.Subject, m.Header, m.Data, 7)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if back.Principal != tt.principal {
+				t.Errorf("Principal %q", back.Principal)
+			}
+			if string(back.Metadata) != tt.want && !(tt.want == "" && len(back.Metadata) == 0) {
+				t.Errorf("metadata %s, want %s", back.Metadata, tt.want)
+			}
+			if len(back.Metadata) > 0 && string(back.Metadata) != "null" && !json.Valid(back.Metadata) {
+				t.Errorf("metadata is not JSON: %s", back.Metadata)
+			}
+		})
+	}
+}
+
+func TestHasMetadataKey(t *testing.T) {
+	for md, want := range map[string]bool{
+		`{"principal":"x"}`:       true,
+		`{"princip\u0061l":"x"}`:  true,
+		`{"a":{"principal":"x"}}`: false,
+		`{"a":"principal"}`:       false,
+		`null`:                    false,
+		``:                        false,
+	} {
+		if got := HasMetadataKey([]byte(md), MetadataPrincipal); got != want {
+			t.Errorf("%s: %v", md, got)
+		}
+	}
+}

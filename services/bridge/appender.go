@@ -48,6 +48,9 @@ type AppendRequest struct {
 	// ExpectedVersion, when set, makes the append fail with *VersionError
 	// unless the stream is at exactly this version (0: it must not exist).
 	ExpectedVersion *uint64
+	// Principal is who appends (the authenticated token name or client
+	// certificate subject), stored with each event; "" without auth.
+	Principal string
 }
 
 // AppendResult says where the events were stored.
@@ -317,6 +320,11 @@ func (r *AppendRequest) validate(now time.Time) error {
 		if ev.Version != 0 {
 			return &envelope.FieldError{Field: prefix + "version", Reason: appendFields.refused["version"]}
 		}
+		if envelope.HasMetadataKey(ev.Metadata, envelope.MetadataPrincipal) {
+			return &envelope.FieldError{Field: prefix + "metadata." + envelope.MetadataPrincipal,
+				Reason: "is set by the bridge to the authenticated principal (token name or certificate subject); remove it"}
+		}
+		ev.Principal = r.Principal
 		defaultTime(ev, now)
 		if err := ev.ValidateNew(prefix); err != nil {
 			return err

@@ -7,7 +7,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -29,7 +32,10 @@ type Bridge struct {
 	met  *Metrics
 	ln   net.Listener
 	srv  *http.Server
-	done chan error // the HTTP server's result
+	done chan error    // the HTTP server's result
+	tls  *certReloader // nil without http.tls
+	hup  chan os.Signal
+	stop chan struct{} // closed by Close: ends the SIGHUP watcher
 
 	closeOnce sync.Once
 	closeErr  error
@@ -41,7 +47,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Bridge, err erro
 	if log == nil {
 		log = slog.Default()
 	}
-	b := &Bridge{cfg: cfg, log: log, done: make(chan error, 1)}
+	b := &Bridge{cfg: cfg, log: log, done: make(chan error, 1), stop: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			b.stopNATS(context.Background())
@@ -70,12 +76,22 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Bridge, err erro
 	}
 	b.app = NewAppender(b.js, stream)
 
+	if cfg.HTTP.TLS.enabled() {
+		if b.tls, err = newCertReloader(cfg.HTTP.TLS, len(cfg.Auth.Tokens) > 0 || cfg.Auth.TokensFile != ""); err != nil {
+			return nil, err
+		}
+	}
 	if b.ln, err = net.Listen("tcp", cfg.HTTP.Listen); err != nil {
 		return nil, fmt.Errorf("http.listen: %w", err)
 	}
 	b.met = NewMetrics()
 	b.met.WatchAppender(b.app)
-	api := NewAPI(b.app, int64(cfg.HTTP.MaxBodyBytes), cfg.Append.Timeout, b.nc.IsConnected, b.met, log)
+	auth, err := NewAuthenticator(cfg)
+	if err != nil {
+		b.ln.Close()
+		return nil, err
+	}
+	api := NewAPI(b.app, int64(cfg.HTTP.MaxBodyBytes), cfg.Append.Timeout, b.nc.IsConnected, b.met, log).WithAuth(auth).WithMaxDepth(cfg.Append.MaxJSONDepth)
 	b.srv = &http.Server{
 		Handler:           api.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -83,9 +99,46 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Bridge, err erro
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	go func() { b.done <- b.srv.Serve(b.ln) }()
-	log.Info("bridge serving", "addr", b.ln.Addr().String(), "stream", cfg.Stream.Name)
+	if b.tls != nil {
+		b.srv.TLSConfig = b.tls.TLSConfig()
+		b.hup = make(chan os.Signal, 1)
+		signal.Notify(b.hup, syscall.SIGHUP)
+		go b.watchHUP()
+		go func() { b.done <- b.srv.ServeTLS(b.ln, "", "") }()
+	} else {
+		go func() { b.done <- b.srv.Serve(b.ln) }()
+	}
+	if cfg.exposed() {
+		log.Warn("INSECURE: the append API listens beyond loopback without authentication (http.insecure: true); anyone who reaches it can append. Configure auth.tokens or auth.tokens_file",
+			"addr", b.ln.Addr().String())
+	}
+	log.Info("bridge serving", "addr", b.ln.Addr().String(), "stream", cfg.Stream.Name, "auth", auth != nil, "tls", b.tls != nil)
 	return b, nil
+}
+
+// ReloadTLS re-reads http.tls's files, as SIGHUP does; on error the
+// certificates in use stay.
+func (b *Bridge) ReloadTLS() error {
+	if b.tls == nil {
+		return nil
+	}
+	return b.tls.Reload()
+}
+
+// watchHUP reloads the certificates on every SIGHUP until Close.
+func (b *Bridge) watchHUP() {
+	for {
+		select {
+		case <-b.stop:
+			return
+		case <-b.hup:
+			if err := b.ReloadTLS(); err != nil {
+				b.log.Error("SIGHUP: certificates not reloaded; the previous ones stay in use", "err", err)
+			} else {
+				b.log.Info("SIGHUP: certificates reloaded", "cert_file", b.cfg.HTTP.TLS.CertFile)
+			}
+		}
+	}
 }
 
 // Addr is the API's listening address (useful with port 0).
@@ -121,6 +174,10 @@ func (b *Bridge) Run(ctx context.Context) error {
 // server. It is safe to call more than once.
 func (b *Bridge) Close(ctx context.Context) error {
 	b.closeOnce.Do(func() {
+		if b.hup != nil {
+			signal.Stop(b.hup)
+		}
+		close(b.stop)
 		sctx, cancel := context.WithTimeout(ctx, b.cfg.HTTP.ShutdownTimeout)
 		defer cancel()
 		if err := b.srv.Shutdown(sctx); err != nil {

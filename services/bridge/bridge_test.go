@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -162,5 +163,35 @@ func TestMainStopsOnSIGTERM(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "bridge stopped") {
 		t.Fatalf("no clean stop in the log:\n%s", stderr.String())
+	}
+}
+
+// A config that exposes the API without auth fails at start (exit 2); with
+// http.insecure it starts and warns.
+func TestServeRefusesExposedListenWithoutAuth(t *testing.T) {
+	dir := t.TempDir()
+	p := writeConfig(t, "http: {listen: 0.0.0.0:0}\nnats: {embedded: {port: -1, store_dir: "+dir+"}}\n")
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"serve", "-config", p}, nil, &out, &errb); code != exitUsage {
+		t.Fatalf("exit %d, want %d: %s", code, exitUsage, errb.String())
+	}
+	if !strings.Contains(errb.String(), "http.insecure") {
+		t.Fatalf("stderr does not name the fix: %s", errb.String())
+	}
+
+	cfg := embeddedConfig(t, dir)
+	cfg.HTTP.Listen = "0.0.0.0:0"
+	cfg.HTTP.Insecure = true
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	buf := &syncBuffer{}
+	b, err := New(context.Background(), cfg, slog.New(slog.NewTextHandler(buf, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	if !strings.Contains(buf.String(), "level=WARN") || !strings.Contains(buf.String(), "INSECURE") {
+		t.Fatalf("no warning at start:\n%s", buf.String())
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -33,6 +35,8 @@ const (
 const usage = `usage:
   bridge [serve] [-config FILE]          run the HTTP append API (the default)
   bridge import [-config FILE] FILE|-    import NDJSON events from FILE or stdin
+  bridge token-hash [-new]               print the SHA-256 of a token read from stdin for
+                                         auth.tokens[].sha256; -new makes a random token
 
 Every config key can be overridden by an environment variable:
 JETSYNC_NATS_URL for nats.url, JETSYNC_HTTP_LISTEN for http.listen, ...
@@ -49,6 +53,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return serveCmd(ctx, args, stderr)
 	case "import":
 		return importCmd(ctx, args, stdin, stdout, stderr)
+	case "token-hash":
+		return tokenHashCmd(args, stdin, stdout, stderr)
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
@@ -256,4 +262,38 @@ func drainConn(nc *nats.Conn) {
 	case <-time.After(5 * time.Second):
 		nc.Close()
 	}
+}
+
+// tokenHashCmd prints the hash of the token on stdin (its first line), or
+// with -new makes a random token and prints it with its hash.
+func tokenHashCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("token-hash", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	gen := fs.Bool("new", false, "make a random token and print it (token: ...) with its hash (sha256: ...)")
+	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "bridge token-hash: takes the token on stdin, no arguments\n%s", usage)
+		return exitUsage
+	}
+	if *gen {
+		var b [32]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			fmt.Fprintf(stderr, "bridge token-hash: %v\n", err)
+			return exitFailed
+		}
+		tok := "jst_" + base64.RawURLEncoding.EncodeToString(b[:])
+		fmt.Fprintf(stdout, "token: %s\nsha256: %s\n", tok, HashToken(tok))
+		return exitOK
+	}
+	line, err := bufio.NewReader(io.LimitReader(stdin, 64<<10)).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		fmt.Fprintf(stderr, "bridge token-hash: reading stdin: %v\n", err)
+		return exitFailed
+	}
+	tok := strings.TrimRight(line, "\r\n")
+	if tok == "" {
+		fmt.Fprintln(stderr, "bridge token-hash: stdin is empty; pipe the token in, e.g. echo \"$TOKEN\" | bridge token-hash")
+		return exitUsage
+	}
+	fmt.Fprintln(stdout, HashToken(tok))
+	return exitOK
 }

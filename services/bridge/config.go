@@ -20,6 +20,7 @@ type Config struct {
 	NATS   NATSConfig            `yaml:"nats"`
 	Stream natsutil.StreamConfig `yaml:"stream"`
 	Append AppendConfig          `yaml:"append"`
+	Auth   AuthConfig            `yaml:"auth"`
 }
 
 // HTTPConfig configures the append API.
@@ -29,6 +30,12 @@ type HTTPConfig struct {
 	// ShutdownTimeout bounds how long a stopping bridge waits for requests
 	// in flight before it closes their connections.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// Insecure lets the bridge listen beyond loopback with auth off (no
+	// auth.tokens or auth.tokens_file): anyone who reaches the port can
+	// append. Without it such a config is refused.
+	Insecure bool `yaml:"insecure"`
+	// TLS serves HTTPS (and mutual TLS with client_ca_file).
+	TLS TLSConfig `yaml:"tls"`
 }
 
 // NATSConfig says where JetStream is. An empty URL runs an embedded server.
@@ -43,6 +50,9 @@ type AppendConfig struct {
 	// another append of this bridge included. When it passes the client gets
 	// 503 and may retry with the same event ids.
 	Timeout time.Duration `yaml:"timeout"`
+	// MaxJSONDepth bounds how deeply an event's data and metadata nest
+	// objects and arrays; deeper events get 400.
+	MaxJSONDepth int `yaml:"max_json_depth"`
 }
 
 // DefaultConfig is what an empty file means.
@@ -51,7 +61,7 @@ func DefaultConfig() Config {
 		HTTP:   HTTPConfig{Listen: "127.0.0.1:8080", MaxBodyBytes: 1 << 20, ShutdownTimeout: 10 * time.Second},
 		NATS:   NATSConfig{Embedded: natsutil.EmbeddedConfig{Host: "127.0.0.1", Port: 4222, StoreDir: "./data/nats"}},
 		Stream: natsutil.DefaultStreamConfig(),
-		Append: AppendConfig{Timeout: 5 * time.Second},
+		Append: AppendConfig{Timeout: 5 * time.Second, MaxJSONDepth: DefaultMaxJSONDepth},
 	}
 }
 
@@ -70,6 +80,8 @@ func (c *Config) Validate() error {
 	var p config.Problems
 	if err := validateListen(c.HTTP.Listen); err != "" {
 		p.Addf("http.listen", "%s", err)
+	} else if !c.authEnabled() && !c.HTTP.Insecure && !isLoopback(c.HTTP.Listen) {
+		p.Addf("http.listen", "%q is reachable beyond this machine and auth is off: anyone could append; configure auth.tokens or auth.tokens_file, listen on 127.0.0.1, or set http.insecure: true to accept the risk", c.HTTP.Listen)
 	}
 	if c.HTTP.MaxBodyBytes < 1024 {
 		p.Addf("http.max_body_bytes", "must be at least 1KiB, got %d; e.g. 1MiB", int64(c.HTTP.MaxBodyBytes))
@@ -93,6 +105,14 @@ func (c *Config) Validate() error {
 	if c.Append.Timeout <= 0 {
 		p.Addf("append.timeout", "must be positive, e.g. 5s")
 	}
+	if c.Append.MaxJSONDepth < 1 || c.Append.MaxJSONDepth > 1000 {
+		p.Addf("append.max_json_depth", "must be 1 to 1000, got %d; e.g. %d", c.Append.MaxJSONDepth, DefaultMaxJSONDepth)
+	}
+	c.Auth.validate(&p)
+	c.HTTP.TLS.validate(&p)
+	if len(c.Auth.ClientCerts) > 0 && c.HTTP.TLS.ClientCAFile == "" {
+		p.Addf("auth.client_certs", "needs http.tls.client_ca_file: without mutual TLS no client presents a certificate")
+	}
 	return p.Err()
 }
 
@@ -105,6 +125,23 @@ func validateListen(addr string) string {
 		return "has port " + strconv.Quote(port) + "; use a number from 0 to 65535"
 	}
 	return ""
+}
+
+// isLoopback reports whether a valid listen address binds loopback only.
+// A host name other than localhost is not trusted to resolve to loopback.
+func isLoopback(addr string) bool {
+	host, _, _ := net.SplitHostPort(addr)
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// exposed reports whether the API listens beyond loopback without auth
+// (allowed only with http.insecure).
+func (c *Config) exposed() bool {
+	return !c.authEnabled() && !isLoopback(c.HTTP.Listen)
 }
 
 func validateNATSURL(u string) string {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -41,12 +42,13 @@ stream: {name: ORDERS, replicas: 3, max_age: 0s, max_bytes: 1GiB, duplicate_wind
 append: {timeout: 2s}
 `)
 	t.Setenv("JETSYNC_HTTP_LISTEN", ":8181")
+	t.Setenv("JETSYNC_HTTP_INSECURE", "true") // :8181 is every address, auth is off
 	t.Setenv("JETSYNC_NATS_URL", "nats://a:4222,nats://b:4222")
 	cfg, err := LoadConfig(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.HTTP.Listen != ":8181" || cfg.NATS.URL != "nats://a:4222,nats://b:4222" || cfg.HTTP.MaxBodyBytes != 4<<20 ||
+	if cfg.HTTP.Listen != ":8181" || !cfg.HTTP.Insecure || cfg.NATS.URL != "nats://a:4222,nats://b:4222" || cfg.HTTP.MaxBodyBytes != 4<<20 ||
 		cfg.Stream.Name != "ORDERS" || cfg.Stream.Replicas != 3 || cfg.Stream.MaxBytes != 1<<30 || cfg.Stream.DuplicateWindow != 5*time.Minute || cfg.Append.Timeout != 2*time.Second {
 		t.Fatalf("loaded %+v", cfg)
 	}
@@ -96,7 +98,63 @@ func TestExampleConfigIsTheDefault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg != DefaultConfig() {
+	if !reflect.DeepEqual(cfg, DefaultConfig()) {
 		t.Fatalf("example %+v\ndefaults %+v", cfg, DefaultConfig())
+	}
+}
+
+func TestNonLoopbackListenNeedsAuthOrInsecure(t *testing.T) {
+	tok := "\nauth:\n  tokens: [{name: a, sha256: " + HashToken("x") + ", scopes: [admin]}]\n"
+	for _, tt := range []struct {
+		name, yaml string
+		ok         bool
+	}{
+		{"loopback v4", "http: {listen: 127.0.0.1:8080}", true},
+		{"loopback v6", "http: {listen: \"[::1]:8080\"}", true},
+		{"localhost", "http: {listen: localhost:8080}", true},
+		{"any address", "http: {listen: 0.0.0.0:8080}", false},
+		{"empty host", "http: {listen: \":8080\"}", false},
+		{"host name", "http: {listen: bridge.internal:8080}", false},
+		{"any address, insecure", "http: {listen: 0.0.0.0:8080, insecure: true}", true},
+		{"any address, tokens", "http: {listen: 0.0.0.0:8080}" + tok, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := LoadConfig(writeConfig(t, tt.yaml))
+			if tt.ok && err != nil {
+				t.Fatal(err)
+			}
+			if !tt.ok {
+				if err == nil {
+					t.Fatal("accepted")
+				}
+				for _, want := range []string{"http.listen", "auth.tokens", "http.insecure: true", "127.0.0.1"} {
+					if !strings.Contains(err.Error(), want) {
+						t.Errorf("error does not mention %q: %v", want, err)
+					}
+				}
+			}
+		})
+	}
+}
+
+// make up's config (loopback, no auth) loads as it is; the compose config
+// (0.0.0.0) loads with its tokens file, and would be refused without it.
+func TestDeployConfigsLoad(t *testing.T) {
+	if _, err := LoadConfig("../../deploy/local/bridge.yaml"); err != nil {
+		t.Fatalf("deploy/local/bridge.yaml: %v", err)
+	}
+	t.Setenv("JETSYNC_AUTH_TOKENS_FILE", "../../deploy/secrets/bridge-tokens.yaml") // mounted at /etc/jetsync in compose
+	t.Setenv("JETSYNC_HTTP_LISTEN", "0.0.0.0:8080")
+	cfg, err := LoadConfig("../../deploy/config/bridge.yaml")
+	if err != nil {
+		t.Fatalf("deploy/config/bridge.yaml: %v", err)
+	}
+	auth, err := NewAuthenticator(cfg)
+	if err != nil || auth == nil || auth.lookupToken("jetsync-dev-token") == nil {
+		t.Fatalf("the documented dev token is not configured: %v", err)
+	}
+	t.Setenv("JETSYNC_AUTH_TOKENS_FILE", "")
+	if _, err := LoadConfig("../../deploy/config/bridge.yaml"); err == nil || !strings.Contains(err.Error(), "http.insecure") {
+		t.Fatalf("compose config without tokens: %v", err)
 	}
 }

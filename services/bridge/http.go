@@ -28,6 +28,9 @@ type API struct {
 	ready   func() bool
 	met     *Metrics
 	log     *slog.Logger
+	auth    *Authenticator // nil: no authentication
+	// maxDepth bounds the nesting of an event's data and metadata.
+	maxDepth int
 }
 
 // NewAPI builds the handler. ready reports whether NATS is reachable; met
@@ -36,7 +39,7 @@ func NewAPI(app *Appender, maxBody int64, timeout time.Duration, ready func() bo
 	if met == nil {
 		met = NewMetrics()
 	}
-	return &API{app: app, maxBody: maxBody, timeout: timeout, ready: ready, met: met, log: log}
+	return &API{app: app, maxBody: maxBody, timeout: timeout, ready: ready, met: met, log: log, maxDepth: DefaultMaxJSONDepth}
 }
 
 // Handler routes:
@@ -65,9 +68,18 @@ func (a *API) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
 	mux.HandleFunc("/readyz", methodNotAllowed("GET, HEAD"))
-	mux.Handle("GET /metrics", promhttp.HandlerFor(a.met.Registry, promhttp.HandlerOpts{
+	metrics := promhttp.HandlerFor(a.met.Registry, promhttp.HandlerOpts{
 		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
-	}))
+	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		if a.auth != nil && a.auth.protectMetrics {
+			var denied int
+			if r, denied = a.auth.authorize(w, r, "admin", ""); denied != 0 {
+				return
+			}
+		}
+		metrics.ServeHTTP(w, r)
+	})
 	mux.HandleFunc("/metrics", methodNotAllowed("GET, HEAD"))
 	mux.HandleFunc("GET /openapi.yaml", serveOpenAPIYAML)
 	mux.HandleFunc("/openapi.yaml", methodNotAllowed("GET, HEAD"))
@@ -103,20 +115,47 @@ func methodNotAllowed(allow string) http.HandlerFunc {
 	}
 }
 
+// WithAuth makes the API authenticate and authorize requests; nil turns
+// authentication off.
+func (a *API) WithAuth(auth *Authenticator) *API {
+	a.auth = auth
+	return a
+}
+
+// WithMaxDepth sets how deeply an event's data and metadata may nest
+// (append.max_json_depth).
+func (a *API) WithMaxDepth(n int) *API {
+	a.maxDepth = n
+	return a
+}
+
 func (a *API) append(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	r, denied := a.auth.authorize(w, r, "append", r.PathValue("category"))
+	if denied != 0 {
+		a.met.appendDone(denied, false, 0, time.Since(start))
+		return
+	}
+	if g := grantFrom(r.Context()); g != nil {
+		release, limited := g.limits.acquire(w, start)
+		if limited != 0 {
+			a.met.appendDone(limited, false, 0, time.Since(start))
+			return
+		}
+		defer release()
+	}
 	status, res := a.doAppend(w, r)
 	a.met.appendDone(status, res.Duplicate, len(res.Positions), time.Since(start))
 }
 
 // doAppend answers an append request and returns the status it answered with.
 func (a *API) doAppend(w http.ResponseWriter, r *http.Request) (int, AppendResult) {
-	req := AppendRequest{Category: r.PathValue("category"), StreamID: r.PathValue("id")}
+	req := AppendRequest{Category: r.PathValue("category"), StreamID: r.PathValue("id"), Principal: principalFrom(r.Context())}
 	var err error
 	if req.ExpectedVersion, err = expectedVersion(r); err != nil {
 		return writeError(w, err, a.log), AppendResult{}
 	}
-	if req.Events, err = decodeEvents(http.MaxBytesReader(w, r.Body, a.maxBody)); err != nil {
+	if req.Events, err = decodeEvents(http.MaxBytesReader(w, r.Body, a.maxBody), a.maxDepth); err != nil {
 		return writeError(w, err, a.log), AppendResult{}
 	}
 	// The append finishes even if the client goes away: a batch cut off
@@ -132,6 +171,10 @@ func (a *API) doAppend(w http.ResponseWriter, r *http.Request) (int, AppendResul
 }
 
 func (a *API) stream(w http.ResponseWriter, r *http.Request) {
+	r, denied := a.auth.authorize(w, r, "read", r.PathValue("category"))
+	if denied != 0 {
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), a.timeout)
 	defer cancel()
 	st, err := a.app.State(ctx, r.PathValue("category"), r.PathValue("id"))
@@ -170,8 +213,9 @@ func expectedVersion(r *http.Request) (*uint64, error) {
 	return got, nil
 }
 
-// decodeEvents reads the body: a JSON array of events.
-func decodeEvents(body io.Reader) ([]envelope.Event, error) {
+// decodeEvents reads the body: a JSON array of events whose data and
+// metadata nest at most maxDepth levels.
+func decodeEvents(body io.Reader, maxDepth int) ([]envelope.Event, error) {
 	dec := json.NewDecoder(body)
 	var raws []json.RawMessage
 	if err := dec.Decode(&raws); err != nil {
@@ -194,6 +238,11 @@ func decodeEvents(body io.Reader) ([]envelope.Event, error) {
 	}
 	events := make([]envelope.Event, len(raws))
 	for i, raw := range raws {
+		// The event object is one level; its data and metadata the rest.
+		if d := jsonDepth(raw, maxDepth+1); d > maxDepth+1 {
+			return nil, &envelope.FieldError{Field: "events[" + strconv.Itoa(i) + "]",
+				Reason: fmt.Sprintf("nests objects and arrays more than %d levels deep in its data or metadata (append.max_json_depth); flatten it", maxDepth)}
+		}
 		ev, err := decodeEvent(raw, "events["+strconv.Itoa(i)+"].", appendFields)
 		if err != nil {
 			return nil, err

@@ -13,17 +13,20 @@ import (
 type appendResult uint8
 
 const (
-	resultOK          appendResult = iota // 200, events stored
-	resultDuplicate                       // 200, a retry of a stored append
-	resultConflict                        // 409: wrong expected version, duplicate id, kept changing
-	resultBadRequest                      // 400
-	resultTooLarge                        // 413: body or events too large
-	resultUnavailable                     // 503: NATS unavailable, nothing stored
-	resultError                           // 500: anything else
+	resultOK           appendResult = iota // 200, events stored
+	resultDuplicate                        // 200, a retry of a stored append
+	resultConflict                         // 409: wrong expected version, duplicate id, kept changing
+	resultBadRequest                       // 400
+	resultTooLarge                         // 413: body or events too large
+	resultUnavailable                      // 503: NATS unavailable, nothing stored
+	resultError                            // 500: anything else
+	resultUnauthorized                     // 401: no or unknown token
+	resultForbidden                        // 403: the token lacks the scope
+	resultLimited                          // 429: the token's rate or in-flight limit
 	numResults
 )
 
-var resultNames = [numResults]string{"ok", "duplicate", "conflict", "bad_request", "too_large", "unavailable", "error"}
+var resultNames = [numResults]string{"ok", "duplicate", "conflict", "bad_request", "too_large", "unavailable", "error", "unauthorized", "forbidden", "limited"}
 
 // resultOf maps an append's HTTP status to its result.
 func resultOf(status int, duplicate bool) appendResult {
@@ -41,6 +44,12 @@ func resultOf(status int, duplicate bool) appendResult {
 		return resultTooLarge
 	case http.StatusServiceUnavailable:
 		return resultUnavailable
+	case http.StatusUnauthorized:
+		return resultUnauthorized
+	case http.StatusForbidden:
+		return resultForbidden
+	case http.StatusTooManyRequests:
+		return resultLimited
 	}
 	return resultError
 }
@@ -70,7 +79,7 @@ func NewMetrics() *Metrics {
 			Name: o.Name, Help: o.Help, Buckets: buckets})
 	}
 	appends := prometheus.NewCounterVec(prometheus.CounterOpts(opts("appends_total",
-		"Append requests by result: ok, duplicate (a retry of a stored append), conflict (409), bad_request (400), too_large (413), unavailable (503), error (500).")),
+		"Append requests by result: ok, duplicate (a retry of a stored append), conflict (409), bad_request (400), too_large (413), unavailable (503), error (500), unauthorized (401), forbidden (403), limited (429).")),
 		[]string{"result"})
 	m := &Metrics{
 		Registry:     prometheus.NewRegistry(),

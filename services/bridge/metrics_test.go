@@ -179,6 +179,9 @@ func TestResultOf(t *testing.T) {
 		{http.StatusRequestEntityTooLarge, false, "too_large"},
 		{http.StatusServiceUnavailable, false, "unavailable"},
 		{http.StatusInternalServerError, false, "error"},
+		{http.StatusUnauthorized, false, "unauthorized"},
+		{http.StatusForbidden, false, "forbidden"},
+		{http.StatusTooManyRequests, false, "limited"},
 	} {
 		if got := resultNames[resultOf(c.status, c.dup)]; got != c.want {
 			t.Errorf("resultOf(%d, %v) = %s, want %s", c.status, c.dup, got, c.want)

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -336,4 +337,42 @@ func deref(s *string) any {
 		return nil
 	}
 	return *s
+}
+
+// The compose bridge listens on every address of its container, so it must
+// authenticate (it refuses to start otherwise): auth.tokens_file in its
+// config is bind-mounted, and the file holds names, hashes and scopes only.
+func TestComposeBridgeRequiresTokens(t *testing.T) {
+	p := loadCompose(t)
+	s := service(t, p, "bridge")
+	src, ok := mountSource(s, configPath("bridge"))
+	if !ok {
+		t.Fatal("bridge: no config mounted")
+	}
+	cfg := readConfig(t, src)
+	auth, _ := cfg["auth"].(map[string]any)
+	tokensFile, _ := auth["tokens_file"].(string)
+	if tokensFile == "" {
+		t.Fatalf("%s: auth.tokens_file is not set; the bridge listens on 0.0.0.0 and would refuse to start", src)
+	}
+	tsrc, ok := mountSource(s, tokensFile)
+	if !ok {
+		t.Fatalf("bridge: auth.tokens_file %s is not bind-mounted", tokensFile)
+	}
+	toks, _ := readConfig(t, tsrc)["tokens"].([]any)
+	if len(toks) == 0 {
+		t.Fatalf("%s: no tokens", tsrc)
+	}
+	hexHash := regexp.MustCompile(`^[0-9a-f]{64}$`)
+	for i, tok := range toks {
+		m, _ := tok.(map[string]any)
+		for k := range m {
+			if k != "name" && k != "sha256" && k != "scopes" {
+				t.Errorf("%s: tokens[%d] has key %q; only name, sha256 and scopes (never the secret)", tsrc, i, k)
+			}
+		}
+		if h, _ := m["sha256"].(string); !hexHash.MatchString(h) {
+			t.Errorf("%s: tokens[%d].sha256 is not 64 hex digits", tsrc, i)
+		}
+	}
 }

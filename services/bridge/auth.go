@@ -1,0 +1,339 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/jetsync/jetsync/pkg/config"
+	"github.com/jetsync/jetsync/pkg/envelope"
+)
+
+// AuthConfig turns on authentication: bearer tokens (listed here or in a
+// tokens file, by name and SHA-256 hash, never the secret) and client
+// certificates (http.tls.client_ca_file) mapped to scopes.
+type AuthConfig struct {
+	Tokens []TokenConfig `yaml:"tokens"`
+	// TokensFile is a YAML file holding `tokens:` in the same form, so the
+	// hashes can live apart from the config (a secret mount).
+	TokensFile string `yaml:"tokens_file"`
+	// ClientCerts grants scopes to verified client certificates, by subject.
+	ClientCerts []ClientCertConfig `yaml:"client_certs"`
+	// ProtectMetrics makes GET /metrics require the admin scope. /healthz
+	// and /readyz are always open.
+	ProtectMetrics bool `yaml:"protect_metrics"`
+}
+
+// TokenConfig is one bearer token.
+type TokenConfig struct {
+	Name   string   `yaml:"name"`   // the principal stored with the events it appends
+	SHA256 string   `yaml:"sha256"` // hex SHA-256 of the secret: bridge token-hash
+	Scopes []string `yaml:"scopes"` // append:<category pattern>, read:<category pattern>, admin
+	// MaxInflight bounds this token's appends running at once; more get
+	// 429 at once. 0: no bound.
+	MaxInflight int `yaml:"max_inflight"`
+	// Rate bounds this token's appends per second (a token bucket of Burst,
+	// at least 1); an append past it gets 429 with Retry-After. 0: no bound.
+	Rate  float64 `yaml:"rate"`
+	Burst int     `yaml:"burst"`
+}
+
+// ClientCertConfig grants scopes to client certificates whose subject
+// common name, or whole subject (e.g. "CN=orders,O=acme"), is Subject.
+type ClientCertConfig struct {
+	Subject string   `yaml:"subject"`
+	Scopes  []string `yaml:"scopes"`
+}
+
+// tokensFile is the content of auth.tokens_file.
+type tokensFile struct {
+	Tokens []TokenConfig `yaml:"tokens"`
+}
+
+// enabled reports whether requests must be authenticated.
+func (c *Config) authEnabled() bool {
+	return len(c.Auth.Tokens) > 0 || c.Auth.TokensFile != "" || c.HTTP.TLS.ClientCAFile != ""
+}
+
+// validate checks the auth section, reading the tokens file.
+func (a *AuthConfig) validate(p *config.Problems) {
+	seen := map[string]string{}
+	checkTokens := func(key string, toks []TokenConfig) {
+		for i, t := range toks {
+			k := fmt.Sprintf("%s[%d]", key, i)
+			if t.Name == "" {
+				p.Addf(k+".name", "is required: the principal stored with the events this token appends, e.g. orders-service")
+			} else if strings.ContainsAny(t.Name, "\r\n") || len(t.Name) > envelope.MaxTokenLen {
+				p.Addf(k+".name", "must be one line of at most %d bytes", envelope.MaxTokenLen)
+			} else if prev, ok := seen[t.Name]; ok {
+				p.Addf(k+".name", "%q is also the name of %s; give each token its own name", t.Name, prev)
+			} else {
+				seen[t.Name] = k
+			}
+			if b, err := hex.DecodeString(t.SHA256); err != nil || len(b) != sha256.Size {
+				// Never echo the value: it may be the secret pasted by mistake.
+				p.Addf(k+".sha256", "must be 64 hex digits, the SHA-256 of the token; compute it with `bridge token-hash` (never put the token itself here)")
+			}
+			checkScopes(k+".scopes", t.Scopes, p)
+			if t.MaxInflight < 0 {
+				p.Addf(k+".max_inflight", "must be 0 (no bound) or positive, got %d", t.MaxInflight)
+			}
+			if t.Rate < 0 {
+				p.Addf(k+".rate", "must be 0 (no bound) or appends per second, e.g. 50; got %v", t.Rate)
+			}
+			if t.Burst < 0 || (t.Burst > 0 && t.Rate <= 0) {
+				p.Addf(k+".burst", "is the appends a rate allows at once: positive, with rate set; got %d", t.Burst)
+			}
+		}
+	}
+	checkTokens("auth.tokens", a.Tokens)
+	if a.TokensFile != "" {
+		toks, err := readTokensFile(a.TokensFile)
+		if err != nil {
+			p.Addf("auth.tokens_file", "%v", err)
+		}
+		checkTokens("auth.tokens_file: tokens", toks)
+	}
+	for i, c := range a.ClientCerts {
+		k := fmt.Sprintf("auth.client_certs[%d]", i)
+		if c.Subject == "" {
+			p.Addf(k+".subject", "is required: a certificate's common name or whole subject, e.g. orders or CN=orders,O=acme")
+		}
+		checkScopes(k+".scopes", c.Scopes, p)
+	}
+}
+
+func readTokensFile(path string) ([]TokenConfig, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("cannot be read: %v", err)
+	}
+	var f tokensFile
+	if err := config.Decode(raw, &f); err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	return f.Tokens, nil
+}
+
+func checkScopes(key string, scopes []string, p *config.Problems) {
+	if len(scopes) == 0 {
+		p.Addf(key, "is empty; give e.g. [\"append:order\", \"read:*\"] or [admin]")
+	}
+	for i, s := range scopes {
+		if _, err := parseScope(s); err != "" {
+			p.Addf(fmt.Sprintf("%s[%d]", key, i), "%q %s", s, err)
+		}
+	}
+}
+
+// scope is one parsed grant: an action and, for append and read, a
+// category pattern ("*", "order", or a prefix "order-*").
+type scope struct {
+	action  string // append, read, admin
+	pattern string
+}
+
+func parseScope(s string) (scope, string) {
+	if s == "admin" {
+		return scope{action: "admin"}, ""
+	}
+	action, pat, ok := strings.Cut(s, ":")
+	if !ok || (action != "append" && action != "read") {
+		return scope{}, "is not a scope; use append:<category pattern>, read:<category pattern> or admin"
+	}
+	if pat == "" {
+		return scope{}, "has no category pattern; use e.g. " + action + ":order or " + action + ":*"
+	}
+	if pat != "*" {
+		if err := envelope.ValidateToken("pattern", strings.TrimSuffix(pat, "*")); err != nil {
+			return scope{}, "has a bad category pattern: a category, a prefix ending in * (order-*) or *"
+		}
+	}
+	return scope{action: action, pattern: pat}, ""
+}
+
+func (s scope) allows(action, category string) bool {
+	if s.action != action {
+		return false
+	}
+	if s.action == "admin" || s.pattern == "*" {
+		return true
+	}
+	if prefix, ok := strings.CutSuffix(s.pattern, "*"); ok {
+		return strings.HasPrefix(category, prefix)
+	}
+	return s.pattern == category
+}
+
+// grant is a principal with its scopes and, for a token, its limits.
+type grant struct {
+	name   string
+	scopes []scope
+	limits *limits // nil: none
+}
+
+func (g *grant) allows(action, category string) bool {
+	for _, s := range g.scopes {
+		if s.allows(action, category) {
+			return true
+		}
+	}
+	return false
+}
+
+// Authenticator checks requests against the configured tokens and client
+// certificates. A nil *Authenticator lets every request through.
+type Authenticator struct {
+	tokens         []tokenEntry
+	certs          []certEntry
+	protectMetrics bool
+}
+
+type tokenEntry struct {
+	hash [sha256.Size]byte
+	grant
+}
+
+type certEntry struct {
+	subject string
+	grant
+}
+
+// NewAuthenticator builds the authenticator of a validated config; nil when
+// auth is off.
+func NewAuthenticator(cfg Config) (*Authenticator, error) {
+	if !cfg.authEnabled() {
+		return nil, nil
+	}
+	a := &Authenticator{protectMetrics: cfg.Auth.ProtectMetrics}
+	toks := cfg.Auth.Tokens
+	if cfg.Auth.TokensFile != "" {
+		more, err := readTokensFile(cfg.Auth.TokensFile)
+		if err != nil {
+			return nil, fmt.Errorf("auth.tokens_file %s", err)
+		}
+		toks = append(toks[:len(toks):len(toks)], more...)
+	}
+	for _, t := range toks {
+		e := tokenEntry{grant: grant{name: t.Name, scopes: mustScopes(t.Scopes), limits: newLimits(t)}}
+		if n, err := hex.Decode(e.hash[:], []byte(t.SHA256)); err != nil || n != sha256.Size {
+			return nil, fmt.Errorf("%w: token %q: sha256 must be 64 hex digits", config.ErrInvalid, t.Name)
+		}
+		a.tokens = append(a.tokens, e)
+	}
+	for _, c := range cfg.Auth.ClientCerts {
+		a.certs = append(a.certs, certEntry{subject: c.Subject, grant: grant{name: c.Subject, scopes: mustScopes(c.Scopes)}})
+	}
+	return a, nil
+}
+
+func mustScopes(ss []string) []scope {
+	out := make([]scope, 0, len(ss))
+	for _, s := range ss {
+		if sc, err := parseScope(s); err == "" {
+			out = append(out, sc)
+		}
+	}
+	return out
+}
+
+// HashToken is the SHA-256 of a token in hex, as auth.tokens[].sha256 holds it.
+func HashToken(token string) string {
+	h := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(h[:])
+}
+
+// lookupToken finds the token's grant. Every configured hash is compared,
+// in constant time, whatever matches.
+func (a *Authenticator) lookupToken(token string) *grant {
+	h := sha256.Sum256([]byte(token))
+	var found *grant
+	for i := range a.tokens {
+		if subtle.ConstantTimeCompare(h[:], a.tokens[i].hash[:]) == 1 && found == nil {
+			found = &a.tokens[i].grant
+		}
+	}
+	return found
+}
+
+// certGrant finds the grant of a verified client certificate: the entry
+// naming its whole subject or its common name. The principal is the whole
+// subject.
+func (a *Authenticator) certGrant(cert *x509.Certificate) *grant {
+	subject := cert.Subject.String()
+	for i := range a.certs {
+		if s := a.certs[i].subject; s == subject || s == cert.Subject.CommonName {
+			return &grant{name: subject, scopes: a.certs[i].scopes}
+		}
+	}
+	return &grant{name: subject} // authenticated, no scopes: 403 names the one missing
+}
+
+type grantKey struct{}
+
+// grantFrom is the authenticated principal's grant in a request's context;
+// nil when auth is off.
+func grantFrom(ctx context.Context) *grant {
+	g, _ := ctx.Value(grantKey{}).(*grant)
+	return g
+}
+
+// principalFrom is the authenticated principal of a request's context; ""
+// when auth is off.
+func principalFrom(ctx context.Context) string {
+	if g := grantFrom(ctx); g != nil {
+		return g.name
+	}
+	return ""
+}
+
+// authorize answers 401 or 403 and returns that status unless the request
+// may do action (append, read, admin) on category; then it returns 0 and the
+// request with the principal in its context.
+func (a *Authenticator) authorize(w http.ResponseWriter, r *http.Request, action, category string) (*http.Request, int) {
+	if a == nil {
+		return r, 0
+	}
+	var g *grant
+	authz := r.Header.Get("Authorization")
+	switch {
+	case authz != "":
+		scheme, token, _ := strings.Cut(authz, " ")
+		token = strings.TrimSpace(token)
+		if !strings.EqualFold(scheme, "Bearer") || token == "" {
+			return r, unauthorized(w, `error="invalid_request"`, "the Authorization header must be \"Bearer <token>\"")
+		}
+		if g = a.lookupToken(token); g == nil {
+			return r, unauthorized(w, `error="invalid_token"`, "unknown token; check it, or ask for one to be configured (auth.tokens)")
+		}
+	case r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && len(r.TLS.VerifiedChains[0]) > 0:
+		g = a.certGrant(r.TLS.VerifiedChains[0][0])
+	default:
+		return r, unauthorized(w, "", "authentication required; send Authorization: Bearer <token>")
+	}
+	if !g.allows(action, category) {
+		need := action
+		if action != "admin" {
+			need += ":" + category
+		}
+		w.Header().Set("WWW-Authenticate", `Bearer realm="jetsync", error="insufficient_scope", scope=`+strconv.Quote(need))
+		return r, writeJSON(w, http.StatusForbidden, errorBody{Error: fmt.Sprintf("%q lacks the scope %s", g.name, need)})
+	}
+	return r.WithContext(context.WithValue(r.Context(), grantKey{}, g)), 0
+}
+
+func unauthorized(w http.ResponseWriter, params, msg string) int {
+	v := `Bearer realm="jetsync"`
+	if params != "" {
+		v += ", " + params
+	}
+	w.Header().Set("WWW-Authenticate", v)
+	return writeJSON(w, http.StatusUnauthorized, errorBody{Error: msg})
+}
