@@ -41,6 +41,14 @@ var (
 	// the table does not have.
 	ErrUnknownColumn = errors.New("no such column")
 
+	// ErrMissingParam is the per-event failure of a raw SQL action whose
+	// params object lacks a :name the statement uses.
+	ErrMissingParam = errors.New("params lack")
+
+	// ErrUnusedParam is the per-event failure of a raw SQL action whose
+	// params object gives a name the statement does not use (a typo).
+	ErrUnusedParam = errors.New("params give a name the sql does not use:")
+
 	// ErrProjection is the per-event failure of a projection that fails at
 	// run time or does not produce exactly one value.
 	ErrProjection = mapping.ErrProjection

@@ -111,7 +111,7 @@ func (w *Writer) prepareSchema(ctx context.Context, pool *pgxpool.Pool) (map[str
 	cols := map[string]map[string]string{}
 	for _, acts := range w.maps {
 		for _, a := range acts {
-			if cols[a.table] != nil {
+			if a.raw != nil || cols[a.table] != nil {
 				continue
 			}
 			rows, err := pool.Query(ctx, `SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
@@ -143,6 +143,9 @@ func (w *Writer) prepareSchema(ctx context.Context, pool *pgxpool.Pool) (map[str
 			}
 			cols[a.table] = m
 		}
+	}
+	if err := checkRawSQL(ctx, pool, w.maps); err != nil {
+		return nil, err
 	}
 	return cols, nil
 }
@@ -337,6 +340,9 @@ func (w *Writer) upsertCols(table string, keyCols []string) []string {
 // statementSQL renders one multi-row statement: every column is sent as a
 // text[] and cast to the column's type, rows unnested in step.
 func (w *Writer) statementSQL(s stmt) (string, []any) {
+	if s.op == opSQL {
+		return s.raw.text, s.args
+	}
 	types := w.cols[s.table]
 	n := len(s.rows)
 	var args []any
