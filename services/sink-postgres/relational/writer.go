@@ -291,6 +291,10 @@ func (w *Writer) WriteBatch(ctx context.Context, b *sink.Batch) error {
 	}
 	if batch.Len() > 0 {
 		if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+			if refused(err) { // find the events PostgreSQL refuses, one at a time
+				_ = tx.Rollback(ctx)
+				return w.isolate(ctx, pool, b, ops)
+			}
 			return classify(err, fmt.Sprintf("writing the batch of positions %d..%d", firstPos(b), b.Through))
 		}
 	}
@@ -412,9 +416,11 @@ func quote(name string) string {
 }
 
 // classify wraps a PostgreSQL error: data and constraint errors (SQLSTATE
-// classes 22, 23), and undefined or wrongly typed objects (42) are
-// permanent; anything else (a lost connection, a restart, 40001
-// serialization failures, 57014 statement timeouts) is retried.
+// classes 22, 23; WriteBatch isolates them per event first), and undefined
+// or wrongly typed objects (42) are permanent; anything else (a lost
+// connection, a restart 57P01, 40001 serialization failures, 40P01
+// deadlocks, 57014 statement timeouts) is retried by the engine with the
+// checkpoint held.
 func classify(err error, doing string) error {
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
