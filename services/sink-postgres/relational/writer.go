@@ -144,6 +144,9 @@ func (w *Writer) prepareSchema(ctx context.Context, pool *pgxpool.Pool) (map[str
 			cols[a.table] = m
 		}
 	}
+	if err := checkColumnTypes(ctx, pool, w.tables); err != nil {
+		return nil, err
+	}
 	if err := checkRawSQL(ctx, pool, w.maps); err != nil {
 		return nil, err
 	}
