@@ -28,6 +28,13 @@ type Writer struct {
 	unknownErr bool
 	log        *slog.Logger
 
+	// cfg and live are the running configuration and its compiled
+	// mappings, replaced by ReloadMappings; maps and unknownErr above are
+	// the ones at start.
+	reloadMu sync.Mutex
+	cfg      Config
+	live     atomic.Pointer[mappingSet]
+
 	mu   sync.Mutex
 	pool *pgxpool.Pool
 	// cols holds, per table the mappings write, its columns and their SQL
@@ -57,8 +64,10 @@ func NewWriter(cfg Config, log *slog.Logger) (*Writer, error) {
 	}
 	var p configProblems
 	maps := compileMappings(cfg.Name, cfg.Mappings, cfg.Tables, &p.Problems)
-	return &Writer{name: cfg.Name, url: cfg.Postgres.URL, tables: cfg.Tables, maps: maps,
-		unknownErr: cfg.UnknownTypes == UnknownError, log: log}, nil
+	w := &Writer{name: cfg.Name, url: cfg.Postgres.URL, tables: cfg.Tables, maps: maps,
+		unknownErr: cfg.UnknownTypes == UnknownError, log: log, cfg: cfg}
+	w.live.Store(&mappingSet{maps: maps, unknownErr: w.unknownErr})
+	return w, nil
 }
 
 // Connect opens the pool, creates jetsync_checkpoints and the declared
@@ -109,7 +118,7 @@ func (w *Writer) prepareSchema(ctx context.Context, pool *pgxpool.Pool) (map[str
 		}
 	}
 	cols := map[string]map[string]string{}
-	for _, acts := range w.maps {
+	for _, acts := range w.mappings().maps {
 		for _, a := range acts {
 			if a.raw != nil || cols[a.table] != nil {
 				continue
@@ -147,7 +156,7 @@ func (w *Writer) prepareSchema(ctx context.Context, pool *pgxpool.Pool) (map[str
 	if err := checkColumnTypes(ctx, pool, w.tables); err != nil {
 		return nil, err
 	}
-	if err := checkRawSQL(ctx, pool, w.maps); err != nil {
+	if err := checkRawSQL(ctx, pool, w.mappings().maps); err != nil {
 		return nil, err
 	}
 	return cols, nil
@@ -261,7 +270,8 @@ func (w *Writer) WriteBatch(ctx context.Context, b *sink.Batch) error {
 	if pool == nil {
 		return ErrNotConnected
 	}
-	ops, failures := buildOps(ctx, b, w.maps, w.unknownErr, w.columns)
+	ms := w.mappings()
+	ops, failures := buildOps(ctx, b, ms.maps, ms.unknownErr, w.columns)
 	if len(failures) > 0 {
 		return &sink.BatchError{Failures: failures}
 	}
