@@ -2,7 +2,8 @@
 # Runs `make up` in the background on spare ports and checks it as a user
 # would:
 #  1. an event appended with curl (as the README shows) reaches Redis, and
-#     PostgreSQL's orders table (sink-postgres);
+#     PostgreSQL's orders and order_lines tables (sink-postgres: a row
+#     mapping and a raw SQL one);
 #  2. an event a sink refuses stops that sink (sink-es with a `total` that
 #     is not a number, or sink-cache when Elasticsearch is not up): the sink
 #     stays up, `jetsyncctl status` and /readyz say why, every other service
@@ -54,7 +55,7 @@ in_redis() {
 status_of() { bin/jetsyncctl status | awk -v s="$1" '$1 == s'; }
 
 # 1. An append reaches Redis.
-out=$(append OrderPlaced '{"total":42}') || fail "append failed"
+out=$(append OrderPlaced '{"total":42,"items":[{"sku":"SKU-1","qty":2,"price":19.5}]}') || fail "append failed"
 read -r stream _ <<<"$out"
 echo "POST /streams/order/${stream}/events"
 in_redis "$stream" || fail "the key order:${stream} never appeared in Redis"
@@ -70,6 +71,9 @@ if grep -q "^postgres: " "$log"; then
   done
   [ "$row" = "placed 42" ] || fail "orders row ${stream} in PostgreSQL is '${row}', want 'placed 42'"
   echo "psql: orders ${stream} -> ${row}"
+  line=$(psql "$pg" -Atc "select line_no || ' ' || sku || ' ' || qty from order_lines where order_id = '${stream}'" 2>/dev/null || true)
+  [ "$line" = "1 SKU-1 2" ] || fail "order_lines of ${stream} (raw SQL mapping) is '${line}', want '1 SKU-1 2'"
+  echo "psql: order_lines ${stream} -> ${line}"
   passed=$((passed + 1))
 else
   fail "make up did not start PostgreSQL and sink-postgres"

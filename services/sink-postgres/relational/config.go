@@ -76,6 +76,16 @@ type Action struct {
 	// {id, streamId, category, type, version, time, position, data, metadata}
 	// that yields the row's columns as an object; the data when empty.
 	Project string `yaml:"project"`
+
+	// SQL, instead of action/table/key/project, is a raw SQL statement
+	// for an existing schema, with named parameters (:amount, :id), e.g.
+	// "UPDATE accounts SET balance = balance + :amount WHERE id = :id".
+	// It runs prepared, in event order, in the batch's transaction.
+	SQL string `yaml:"sql"`
+	// Params is a jq expression run on the envelope object that yields
+	// the parameters as an object ({amount: .data.amount, id: .streamId});
+	// the data when empty. Objects and arrays are passed as JSON text.
+	Params string `yaml:"params"`
 }
 
 // DefaultConfig is the configuration before the file and the environment.
@@ -167,8 +177,15 @@ func compileMappings(sinkName string, m map[string][]Action, tables map[string]T
 
 func compileAction(sinkName, key string, a Action, tables map[string]Table, p *config.Problems) action {
 	act := action{where: key, op: a.Action, table: a.Table}
+	if a.SQL != "" {
+		compileRaw(key, a, &act, p)
+		return act
+	}
+	if a.Params != "" {
+		p.Addf(key+".params", "is only allowed with sql; a row write takes its columns from project")
+	}
 	if !slices.Contains(actions, a.Action) {
-		p.Addf(key+".action", "must be one of %s, got %q", strings.Join(actions, ", "), a.Action)
+		p.Addf(key+".action", "must be one of %s (or give sql instead), got %q", strings.Join(actions, ", "), a.Action)
 	}
 	if !tableRe.MatchString(a.Table) {
 		p.Addf(key+".table", "is required: a lower-case table name (optionally schema.table), got %q", a.Table)

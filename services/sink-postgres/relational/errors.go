@@ -22,11 +22,12 @@ var (
 	// the sink needs. Returned wrapped in sink.Permanent at start.
 	ErrSchema = errors.New("table does not fit the mappings")
 
-	// ErrRefused means PostgreSQL refused a batch's rows for good (a value
-	// the column's type refuses, a NULL into NOT NULL, a unique violation
-	// on another column). Returned wrapped in sink.Permanent for now: the
-	// per-event isolation (write the batch again without the event) is not
-	// done yet.
+	// ErrRefused means PostgreSQL refused an event's writes for good (a
+	// value the column's type refuses, a NULL into NOT NULL, a unique
+	// violation on another column). It is the per-event failure of a
+	// *sink.BatchError naming the event's id and position, the table, the
+	// column and PostgreSQL's message; on_error decides, and the batch is
+	// written again without the event.
 	ErrRefused = errors.New("postgres refused the batch's rows")
 
 	// ErrUnknownType is the per-event failure for an event type without a
@@ -40,6 +41,14 @@ var (
 	// ErrUnknownColumn is the per-event failure of a row naming a column
 	// the table does not have.
 	ErrUnknownColumn = errors.New("no such column")
+
+	// ErrMissingParam is the per-event failure of a raw SQL action whose
+	// params object lacks a :name the statement uses.
+	ErrMissingParam = errors.New("params lack")
+
+	// ErrUnusedParam is the per-event failure of a raw SQL action whose
+	// params object gives a name the statement does not use (a typo).
+	ErrUnusedParam = errors.New("params give a name the sql does not use:")
 
 	// ErrProjection is the per-event failure of a projection that fails at
 	// run time or does not produce exactly one value.

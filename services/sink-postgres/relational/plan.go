@@ -20,22 +20,29 @@ type action struct {
 	keyCols []string // sorted
 	keyTmpl []*mapping.Template
 	project *mapping.Projection
+	raw     *rawSQL // a raw SQL action (op "sql")
 }
 
 // rowOp is one row write an event asks for. Column values are the text
 // PostgreSQL casts to the column's type; nil is NULL.
 type rowOp struct {
 	op      string
+	where   string // the action's config key
+	ev      int    // index of the event in the batch
 	table   string
 	keyCols []string
 	key     []string
 	cols    map[string]*string // upsert, patch
 	pos     uint64
+	raw     *rawSQL // op "sql"
+	args    []any   // op "sql": the parameters
 }
 
 // stmt is one multi-row statement: every row of it touches another key.
 type stmt struct {
 	op      string
+	raw     *rawSQL // op "sql": one statement for one event
+	args    []any
 	table   string
 	keyCols []string
 	cols    []string // the non-key columns written (upsert, patch)
@@ -69,6 +76,9 @@ func buildOps(ctx context.Context, b *sink.Batch, maps map[string][]action, unkn
 			failures = append(failures, sink.EventFailure{Index: i, Err: err})
 			continue
 		}
+		for j := range evOps {
+			evOps[j].ev = i
+		}
 		ops = append(ops, evOps...)
 	}
 	return ops, failures
@@ -78,7 +88,21 @@ func eventOps(ctx context.Context, ev *envelope.Event, acts []action, columns fu
 	var obj map[string]any
 	out := make([]rowOp, 0, len(acts))
 	for _, a := range acts {
-		op := rowOp{op: a.op, table: a.table, keyCols: a.keyCols, pos: ev.Position, key: make([]string, len(a.keyTmpl))}
+		if a.raw != nil {
+			if obj == nil {
+				var err error
+				if obj, err = mapping.EnvelopeObject(ev); err != nil {
+					return nil, fmt.Errorf("%s: %w", a.where, err)
+				}
+			}
+			op, err := rawOp(ctx, ev, a, obj)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, op)
+			continue
+		}
+		op := rowOp{op: a.op, where: a.where, table: a.table, keyCols: a.keyCols, pos: ev.Position, key: make([]string, len(a.keyTmpl))}
 		for i, t := range a.keyTmpl {
 			op.key[i] = t.Render(ev)
 		}
@@ -186,8 +210,13 @@ type folded struct {
 func plan(ops []rowOp, upsertCols func(table string, keyCols []string) []string) []stmt {
 	var out []stmt
 	for start := 0; start < len(ops); {
+		if o := ops[start]; o.op == opSQL { // raw SQL keeps its place
+			out = append(out, stmt{op: opSQL, raw: o.raw, args: o.args})
+			start++
+			continue
+		}
 		end := start + 1
-		for end < len(ops) && ops[end].table == ops[start].table && slices.Equal(ops[end].keyCols, ops[start].keyCols) {
+		for end < len(ops) && ops[end].op != opSQL && ops[end].table == ops[start].table && slices.Equal(ops[end].keyCols, ops[start].keyCols) {
 			end++
 		}
 		out = append(out, planRun(ops[start:end], upsertCols)...)

@@ -274,6 +274,13 @@ func rebuildTables(cfg *Config) ([]string, error) {
 	seen := map[string]bool{}
 	for _, typ := range sortedKeys(cfg.Mappings) {
 		for i, a := range cfg.Mappings[typ] {
+			if a.SQL != "" {
+				// Its statement names live tables: replayed from position 0
+				// it would write them again, and non-idempotent SQL
+				// (n = n + 1) would apply twice.
+				return nil, fmt.Errorf("%w: mappings.%s[%d] is raw SQL, which a rebuild cannot redirect to shadow tables (replaying it would apply it to the live tables again); rebuild with a config of row mappings only, or rebuild the raw SQL's tables yourself",
+					ErrRebuild, typ, i)
+			}
 			if _, ok := cfg.Tables[a.Table]; !ok {
 				return nil, fmt.Errorf("%w: mappings.%s[%d] writes table %s, which is not declared under tables:; a rebuild creates its tables from their declarations",
 					ErrRebuild, typ, i, a.Table)

@@ -464,3 +464,18 @@ func TestRebuildGivesUpWhenLiveRowHeld(t *testing.T) {
 	}
 	compareRows(t, "live orders table", foldOrders(events), e.orders(t, "rh_orders"))
 }
+
+// A config with raw SQL cannot be rebuilt: its statements name the live
+// tables, so a replay would apply them to those again.
+func TestRebuildRefusesRawSQL(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Tables = map[string]Table{"orders": {Columns: map[string]string{"order_id": "text"}, PrimaryKey: []string{"order_id"}}}
+	cfg.Mappings = map[string][]Action{"Placed": {
+		{Action: ActionUpsert, Table: "orders", Key: map[string]string{"order_id": "{streamId}"}, Project: `{}`},
+		{SQL: "UPDATE counters SET n = n + 1 WHERE id = :id", Params: `{id: .streamId}`},
+	}}
+	_, err := rebuildTables(&cfg)
+	if !errors.Is(err, ErrRebuild) || !strings.Contains(err.Error(), "mappings.Placed[1] is raw SQL") {
+		t.Fatalf("rebuildTables = %v, want ErrRebuild naming mappings.Placed[1]", err)
+	}
+}

@@ -28,6 +28,13 @@ type Writer struct {
 	unknownErr bool
 	log        *slog.Logger
 
+	// cfg and live are the running configuration and its compiled
+	// mappings, replaced by ReloadMappings; maps and unknownErr above are
+	// the ones at start.
+	reloadMu sync.Mutex
+	cfg      Config
+	live     atomic.Pointer[mappingSet]
+
 	mu   sync.Mutex
 	pool *pgxpool.Pool
 	// cols holds, per table the mappings write, its columns and their SQL
@@ -57,8 +64,10 @@ func NewWriter(cfg Config, log *slog.Logger) (*Writer, error) {
 	}
 	var p configProblems
 	maps := compileMappings(cfg.Name, cfg.Mappings, cfg.Tables, &p.Problems)
-	return &Writer{name: cfg.Name, url: cfg.Postgres.URL, tables: cfg.Tables, maps: maps,
-		unknownErr: cfg.UnknownTypes == UnknownError, log: log}, nil
+	w := &Writer{name: cfg.Name, url: cfg.Postgres.URL, tables: cfg.Tables, maps: maps,
+		unknownErr: cfg.UnknownTypes == UnknownError, log: log, cfg: cfg}
+	w.live.Store(&mappingSet{maps: maps, unknownErr: w.unknownErr})
+	return w, nil
 }
 
 // Connect opens the pool, creates jetsync_checkpoints and the declared
@@ -109,9 +118,9 @@ func (w *Writer) prepareSchema(ctx context.Context, pool *pgxpool.Pool) (map[str
 		}
 	}
 	cols := map[string]map[string]string{}
-	for _, acts := range w.maps {
+	for _, acts := range w.mappings().maps {
 		for _, a := range acts {
-			if cols[a.table] != nil {
+			if a.raw != nil || cols[a.table] != nil {
 				continue
 			}
 			rows, err := pool.Query(ctx, `SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
@@ -143,6 +152,12 @@ func (w *Writer) prepareSchema(ctx context.Context, pool *pgxpool.Pool) (map[str
 			}
 			cols[a.table] = m
 		}
+	}
+	if err := checkColumnTypes(ctx, pool, w.tables); err != nil {
+		return nil, err
+	}
+	if err := checkRawSQL(ctx, pool, w.mappings().maps); err != nil {
+		return nil, err
 	}
 	return cols, nil
 }
@@ -255,7 +270,8 @@ func (w *Writer) WriteBatch(ctx context.Context, b *sink.Batch) error {
 	if pool == nil {
 		return ErrNotConnected
 	}
-	ops, failures := buildOps(ctx, b, w.maps, w.unknownErr, w.columns)
+	ms := w.mappings()
+	ops, failures := buildOps(ctx, b, ms.maps, ms.unknownErr, w.columns)
 	if len(failures) > 0 {
 		return &sink.BatchError{Failures: failures}
 	}
@@ -288,6 +304,10 @@ func (w *Writer) WriteBatch(ctx context.Context, b *sink.Batch) error {
 	}
 	if batch.Len() > 0 {
 		if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+			if refused(err) { // find the events PostgreSQL refuses, one at a time
+				_ = tx.Rollback(ctx)
+				return w.isolate(ctx, pool, b, ops)
+			}
 			return classify(err, fmt.Sprintf("writing the batch of positions %d..%d", firstPos(b), b.Through))
 		}
 	}
@@ -337,6 +357,9 @@ func (w *Writer) upsertCols(table string, keyCols []string) []string {
 // statementSQL renders one multi-row statement: every column is sent as a
 // text[] and cast to the column's type, rows unnested in step.
 func (w *Writer) statementSQL(s stmt) (string, []any) {
+	if s.op == opSQL {
+		return s.raw.text, s.args
+	}
 	types := w.cols[s.table]
 	n := len(s.rows)
 	var args []any
@@ -406,9 +429,11 @@ func quote(name string) string {
 }
 
 // classify wraps a PostgreSQL error: data and constraint errors (SQLSTATE
-// classes 22, 23), and undefined or wrongly typed objects (42) are
-// permanent; anything else (a lost connection, a restart, 40001
-// serialization failures, 57014 statement timeouts) is retried.
+// classes 22, 23; WriteBatch isolates them per event first), and undefined
+// or wrongly typed objects (42) are permanent; anything else (a lost
+// connection, a restart 57P01, 40001 serialization failures, 40P01
+// deadlocks, 57014 statement timeouts) is retried by the engine with the
+// checkpoint held.
 func classify(err error, doing string) error {
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
