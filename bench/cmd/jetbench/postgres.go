@@ -42,8 +42,6 @@ type pgSink struct {
 
 const pgSinkName = sinkName + "-pg"
 
-// pgColumns are the bench table's columns, in the raw loader's order.
-var pgColumns = []string{"order_id", "customer_id", "status", "total", "doc", "shipping"}
 
 func (b *bench) newPGSink(ctx context.Context) *pgSink {
 	b.logf("starting PostgreSQL")
@@ -78,8 +76,8 @@ func (s *pgSink) checkpoints() *cpLog      { return &s.cps }
 func (s *pgSink) targetCPU() time.Duration { return 0 } // the server's processes are not ours to measure
 
 func (s *pgSink) describe() string {
-	return "sink-postgres mappings: OrderPlaced and OrderUpdated upsert the order's row (customer_id, status, total and the data as jsonb; key = streamId), " +
-		"OrderShipped patches status and shipping (jsonb), OrderCancelled deletes the row; every row carries _position. PostgreSQL 15 on loopback TCP, default fsync. " +
+	return "sink-postgres mappings: OrderPlaced and OrderUpdated upsert the order's row (customer_id, status, currency, total; key = streamId), " +
+		"OrderShipped patches status and carrier, OrderCancelled deletes the row; every row carries _position. PostgreSQL 15 on loopback TCP, default fsync. " +
 		"The raw loader folds each batch of max_events events per key as the sink does and writes it in one transaction: one DELETE … USING unnest, one multi-row upsert " +
 		"(INSERT … SELECT … FROM unnest … ON CONFLICT DO UPDATE … WHERE newer), one multi-row patch, and its checkpoint row; no NATS. " +
 		"The naive synchroniser reads with an ordered consumer and runs one autocommit statement per event."
@@ -164,12 +162,12 @@ http: {listen: "127.0.0.1:%d"}
 postgres: {url: %q}
 tables:
   %[9]s:
-    columns: {order_id: text, customer_id: text, status: text, total: numeric, doc: jsonb, shipping: jsonb}
+    columns: {order_id: text, customer_id: text, status: text, currency: text, total: numeric, carrier: text}
     primary_key: [order_id]
 mappings:
-  OrderPlaced: [{action: upsert, table: %[9]s, key: {order_id: "{streamId}"}, project: '{customer_id: .data.customerId, status: .data.status, total: .data.total, doc: .data}'}]
-  OrderUpdated: [{action: upsert, table: %[9]s, key: {order_id: "{streamId}"}, project: '{customer_id: .data.customerId, status: .data.status, total: .data.total, doc: .data}'}]
-  OrderShipped: [{action: patch, table: %[9]s, key: {order_id: "{streamId}"}, project: '{status: "shipped", shipping: .data}'}]
+  OrderPlaced: [{action: upsert, table: %[9]s, key: {order_id: "{streamId}"}, project: '{customer_id: .data.customerId, status: .data.status, currency: .data.currency, total: .data.total}'}]
+  OrderUpdated: [{action: upsert, table: %[9]s, key: {order_id: "{streamId}"}, project: '{customer_id: .data.customerId, status: .data.status, currency: .data.currency, total: .data.total}'}]
+  OrderShipped: [{action: patch, table: %[9]s, key: {order_id: "{streamId}"}, project: '{status: "shipped", carrier: .data.carrier}'}]
   OrderCancelled: [{action: delete, table: %[9]s, key: {order_id: "{streamId}"}}]
 `, pgSinkName, b.natsURL, bs.events, int64(bs.bytes), bs.interval, bs.idle, port, s.url, s.table))
 	p, err := startProc(filepath.Join(b.bin, s.name()), "-config", cfg)
@@ -201,11 +199,10 @@ func (s *pgSink) rowOf(i int) (string, pgRow) {
 	r := pgRow{pos: int64(i + 1)}
 	switch t := s.b.wl.specs[i].typ; t {
 	case tPlaced, tUpdated:
-		doc := string(ev.Data)
-		r.op, r.vals = tPlaced, [6]*string{&ev.StreamID, str(d["customerId"]), str(d["status"]), str(d["total"]), &doc, nil}
+		r.op, r.vals = tPlaced, [6]*string{&ev.StreamID, str(d["customerId"]), str(d["status"]), str(d["currency"]), str(d["total"]), nil}
 	case tShipped:
-		shipped, doc := "shipped", string(ev.Data)
-		r.op, r.vals = tShipped, [6]*string{&ev.StreamID, nil, &shipped, nil, nil, &doc}
+		shipped := "shipped"
+		r.op, r.vals = tShipped, [6]*string{&ev.StreamID, nil, &shipped, nil, nil, str(d["carrier"])}
 	default:
 		r.op, r.vals = tCancelled, [6]*string{&ev.StreamID}
 	}
@@ -232,16 +229,16 @@ func fold(prev pgRow, ok bool, next pgRow) pgRow {
 // transactions of batch events, each with its checkpoint row, back to back.
 func (s *pgSink) rawTarget(ctx context.Context, n, batch int) result {
 	table := s.names.next("bench_raw_")
-	s.exec(ctx, `CREATE TABLE `+table+` (order_id text PRIMARY KEY, customer_id text, status text, total numeric, doc jsonb, shipping jsonb, _position bigint NOT NULL)`)
+	s.exec(ctx, `CREATE TABLE `+table+` (order_id text PRIMARY KEY, customer_id text, status text, currency text, total numeric, carrier text, _position bigint NOT NULL)`)
 	defer s.exec(context.Background(), "DROP TABLE IF EXISTS "+table)
 	s.exec(ctx, `INSERT INTO jetsync_checkpoints (sink, position) VALUES ('bench-raw', 0) ON CONFLICT (sink) DO UPDATE SET position = 0`)
-	upsert := `INSERT INTO ` + table + ` AS t (order_id, customer_id, status, total, doc, shipping, _position)
-		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::jsonb[], $6::jsonb[], $7::bigint[])
-		ON CONFLICT (order_id) DO UPDATE SET customer_id = excluded.customer_id, status = excluded.status, total = excluded.total,
-			doc = excluded.doc, shipping = excluded.shipping, _position = excluded._position WHERE t._position < excluded._position`
-	patch := `INSERT INTO ` + table + ` AS t (order_id, status, shipping, _position)
-		SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::bigint[])
-		ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, shipping = excluded.shipping, _position = excluded._position
+	upsert := `INSERT INTO ` + table + ` AS t (order_id, customer_id, status, currency, total, carrier, _position)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::text[], $7::bigint[])
+		ON CONFLICT (order_id) DO UPDATE SET customer_id = excluded.customer_id, status = excluded.status, currency = excluded.currency,
+			total = excluded.total, carrier = excluded.carrier, _position = excluded._position WHERE t._position < excluded._position`
+	patch := `INSERT INTO ` + table + ` AS t (order_id, status, carrier, _position)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
+		ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, carrier = excluded.carrier, _position = excluded._position
 			WHERE t._position < excluded._position`
 	del := `DELETE FROM ` + table + ` AS t USING unnest($1::text[], $2::bigint[]) AS d(k, p) WHERE t.order_id = d.k AND t._position < d.p`
 	cpu0 := selfCPU()
@@ -300,7 +297,7 @@ func (s *pgSink) rawTarget(ctx context.Context, n, batch int) result {
 // per event: the round trip per event the product exists to avoid.
 func (s *pgSink) naive(ctx context.Context, n int) result {
 	table := s.names.next("bench_naive_")
-	s.exec(ctx, `CREATE TABLE `+table+` (order_id text PRIMARY KEY, customer_id text, status text, total numeric, doc jsonb, shipping jsonb, _position bigint NOT NULL)`)
+	s.exec(ctx, `CREATE TABLE `+table+` (order_id text PRIMARY KEY, customer_id text, status text, currency text, total numeric, carrier text, _position bigint NOT NULL)`)
 	defer s.exec(context.Background(), "DROP TABLE IF EXISTS "+table)
 	nc, err := nats.Connect(s.b.natsURL)
 	if err != nil {
@@ -339,14 +336,14 @@ func (s *pgSink) naive(ctx context.Context, n int) result {
 		pos := int64(ev.Position)
 		switch ev.Type {
 		case "OrderPlaced", "OrderUpdated":
-			_, err = conn.Exec(ctx, `INSERT INTO `+table+` AS t (order_id, customer_id, status, total, doc, shipping, _position) VALUES ($1, $2, $3, $4, $5, NULL, $6)
-				ON CONFLICT (order_id) DO UPDATE SET customer_id = excluded.customer_id, status = excluded.status, total = excluded.total,
-					doc = excluded.doc, shipping = NULL, _position = excluded._position WHERE t._position < excluded._position`,
-				ev.StreamID, d["customerId"], d["status"], d["total"], string(ev.Data), pos)
+			_, err = conn.Exec(ctx, `INSERT INTO `+table+` AS t (order_id, customer_id, status, currency, total, carrier, _position) VALUES ($1, $2, $3, $4, $5, NULL, $6)
+				ON CONFLICT (order_id) DO UPDATE SET customer_id = excluded.customer_id, status = excluded.status, currency = excluded.currency,
+					total = excluded.total, carrier = NULL, _position = excluded._position WHERE t._position < excluded._position`,
+				ev.StreamID, d["customerId"], d["status"], d["currency"], d["total"], pos)
 		case "OrderShipped":
-			_, err = conn.Exec(ctx, `INSERT INTO `+table+` AS t (order_id, status, shipping, _position) VALUES ($1, 'shipped', $2, $3)
-				ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, shipping = excluded.shipping, _position = excluded._position
-					WHERE t._position < excluded._position`, ev.StreamID, string(ev.Data), pos)
+			_, err = conn.Exec(ctx, `INSERT INTO `+table+` AS t (order_id, status, carrier, _position) VALUES ($1, 'shipped', $2, $3)
+				ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, carrier = excluded.carrier, _position = excluded._position
+					WHERE t._position < excluded._position`, ev.StreamID, d["carrier"], pos)
 		default:
 			_, err = conn.Exec(ctx, `DELETE FROM `+table+` WHERE order_id = $1 AND _position < $2`, ev.StreamID, pos)
 		}
