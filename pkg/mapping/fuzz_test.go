@@ -2,6 +2,7 @@ package mapping
 
 import (
 	"fmt"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -91,6 +92,28 @@ func FuzzCompileProjection(f *testing.F) {
 		}
 		if p.String() != expr {
 			t.Fatalf("String() = %q, want %q", p.String(), expr)
+		}
+	})
+}
+
+// FuzzDecodeJSON: whatever decodeFast accepts, encoding/json decodes to
+// the same value; DecodeJSON and encoding/json agree on every input.
+func FuzzDecodeJSON(f *testing.F) {
+	for _, s := range []string{
+		`{"orderId":"o-1","total":12.50,"items":[{"sku":"A","qty":2}],"ok":true,"n":null}`,
+		`[1, -0, 0.5e-3, 1E+2, "x\u00e9\n", "\ud800", "caf\xc3\xa9"]`, `  "plain"  `, `{"a":1,"a":2}`, `-`, `01`, `1.`, `{"a" 1}`, `[1,]`, `"\x01"`, `nul`, `{} {}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		want, wantErr := decodeStd(b)
+		got, ok := decodeFast(b)
+		if ok && (wantErr != nil || !reflect.DeepEqual(got, want)) {
+			t.Fatalf("decodeFast(%q) = %#v, encoding/json: %#v, %v", b, got, want, wantErr)
+		}
+		v, err := DecodeJSON(b)
+		if (err != nil) != (wantErr != nil) || err == nil && !reflect.DeepEqual(v, want) {
+			t.Fatalf("DecodeJSON(%q) = %#v, %v; encoding/json: %#v, %v", b, v, err, want, wantErr)
 		}
 	})
 }

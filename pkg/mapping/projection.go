@@ -114,8 +114,19 @@ func EnvelopeObject(ev *envelope.Event) (map[string]any, error) {
 }
 
 // DecodeJSON decodes one JSON value keeping numbers exact (gojq reads
-// json.Number).
+// json.Number): objects as map[string]any, arrays as []any, numbers as
+// json.Number, as encoding/json does with UseNumber. It runs decodeFast
+// first and falls back to encoding/json for anything decodeFast does not
+// take (syntax errors included, so the error is encoding/json's).
 func DecodeJSON(b []byte) (any, error) {
+	if v, ok := decodeFast(b); ok {
+		return v, nil
+	}
+	return decodeStd(b)
+}
+
+// decodeStd is DecodeJSON by encoding/json alone.
+func decodeStd(b []byte) (any, error) {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.UseNumber()
 	var v any
