@@ -5,6 +5,7 @@ go 1.26.8
 require (
 	github.com/aws/aws-sdk-go-v2/service/kinesis v1.56.13
 	github.com/elastic/go-elasticsearch/v8 v8.19.7
+	github.com/jackc/pgx/v5 v5.13.0
 	github.com/jetsync/jetsync/pkg v0.0.0
 	github.com/redis/go-redis/v9 v9.23.0
 )
@@ -21,9 +22,14 @@ require (
 	github.com/go-logr/stdr v1.2.2 // indirect
 	github.com/itchyny/gojq v0.12.20 // indirect
 	github.com/itchyny/timefmt-go v0.1.9 // indirect
+	github.com/jackc/pgpassfile v1.0.0 // indirect
+	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
+	github.com/jackc/puddle/v2 v2.2.3 // indirect
 	go.opentelemetry.io/otel v1.29.0 // indirect
 	go.opentelemetry.io/otel/metric v1.29.0 // indirect
 	go.opentelemetry.io/otel/trace v1.29.0 // indirect
+	golang.org/x/sync v0.24.0 // indirect
+	golang.org/x/text v0.43.0 // indirect
 )
 
 require (
