@@ -11,6 +11,9 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/jetsync/jetsync/pkg/config"
 	"github.com/jetsync/jetsync/pkg/envelope"
@@ -43,6 +46,17 @@ type TokenConfig struct {
 	// at least 1); an append past it gets 429 with Retry-After. 0: no bound.
 	Rate  float64 `yaml:"rate"`
 	Burst int     `yaml:"burst"`
+	// Expires, an RFC 3339 time, ends the token: from then on it gets 401
+	// saying it expired. Empty: it does not expire.
+	Expires string `yaml:"expires"`
+}
+
+// expiry parses Expires; zero when empty.
+func (t TokenConfig) expiry() (time.Time, error) {
+	if t.Expires == "" {
+		return time.Time{}, nil
+	}
+	return time.Parse(time.RFC3339, t.Expires)
 }
 
 // ClientCertConfig grants scopes to client certificates whose subject
@@ -90,6 +104,9 @@ func (a *AuthConfig) validate(p *config.Problems) {
 			}
 			if t.Burst < 0 || (t.Burst > 0 && t.Rate <= 0) {
 				p.Addf(k+".burst", "is the appends a rate allows at once: positive, with rate set; got %d", t.Burst)
+			}
+			if _, err := t.expiry(); err != nil {
+				p.Addf(k+".expires", "must be an RFC 3339 time such as 2030-01-31T00:00:00Z, got %q", t.Expires)
 			}
 		}
 	}
@@ -172,11 +189,13 @@ func (s scope) allows(action, category string) bool {
 	return s.pattern == category
 }
 
-// grant is a principal with its scopes and, for a token, its limits.
+// grant is a principal with its scopes and, for a token, its limits and
+// expiry.
 type grant struct {
-	name   string
-	scopes []scope
-	limits *limits // nil: none
+	name    string
+	scopes  []scope
+	limits  *limits   // nil: none
+	expires time.Time // zero: never
 }
 
 func (g *grant) allows(action, category string) bool {
@@ -191,13 +210,17 @@ func (g *grant) allows(action, category string) bool {
 // Authenticator checks requests against the configured tokens and client
 // certificates. A nil *Authenticator lets every request through.
 type Authenticator struct {
-	tokens         []tokenEntry
+	cfg            AuthConfig
+	tokens         atomic.Pointer[[]tokenEntry] // swapped by ReloadTokens
 	certs          []certEntry
 	protectMetrics bool
+	now            func() time.Time
+	reloadMu       sync.Mutex
 }
 
 type tokenEntry struct {
 	hash [sha256.Size]byte
+	cfg  TokenConfig
 	grant
 }
 
@@ -212,26 +235,74 @@ func NewAuthenticator(cfg Config) (*Authenticator, error) {
 	if !cfg.authEnabled() {
 		return nil, nil
 	}
-	a := &Authenticator{protectMetrics: cfg.Auth.ProtectMetrics}
-	toks := cfg.Auth.Tokens
-	if cfg.Auth.TokensFile != "" {
-		more, err := readTokensFile(cfg.Auth.TokensFile)
+	a := &Authenticator{cfg: cfg.Auth, protectMetrics: cfg.Auth.ProtectMetrics, now: time.Now}
+	toks, err := a.loadTokens(nil)
+	if err != nil {
+		return nil, err
+	}
+	a.tokens.Store(&toks)
+	for _, c := range cfg.Auth.ClientCerts {
+		a.certs = append(a.certs, certEntry{subject: c.Subject, grant: grant{name: c.Subject, scopes: mustScopes(c.Scopes)}})
+	}
+	return a, nil
+}
+
+// ReloadTokens re-reads auth.tokens_file, as SIGHUP does. A file that does
+// not load or holds a bad token is refused as a whole and the tokens in use
+// stay. A token whose name and limits are unchanged keeps its rate bucket
+// and its appends in flight. Without a tokens file it does nothing.
+func (a *Authenticator) ReloadTokens() error {
+	if a == nil || a.cfg.TokensFile == "" {
+		return nil
+	}
+	a.reloadMu.Lock()
+	defer a.reloadMu.Unlock()
+	var p config.Problems
+	a.cfg.validate(&p)
+	if err := p.Err(); err != nil {
+		return err
+	}
+	toks, err := a.loadTokens(*a.tokens.Load())
+	if err != nil {
+		return err
+	}
+	a.tokens.Store(&toks)
+	return nil
+}
+
+// loadTokens builds the token entries of auth.tokens and the tokens file,
+// reusing the limits of old entries of the same name and settings.
+func (a *Authenticator) loadTokens(old []tokenEntry) ([]tokenEntry, error) {
+	toks := a.cfg.Tokens
+	if a.cfg.TokensFile != "" {
+		more, err := readTokensFile(a.cfg.TokensFile)
 		if err != nil {
 			return nil, fmt.Errorf("auth.tokens_file %s", err)
 		}
 		toks = append(toks[:len(toks):len(toks)], more...)
 	}
+	prev := map[string]*tokenEntry{}
+	for i := range old {
+		prev[old[i].name] = &old[i]
+	}
+	out := make([]tokenEntry, 0, len(toks))
 	for _, t := range toks {
-		e := tokenEntry{grant: grant{name: t.Name, scopes: mustScopes(t.Scopes), limits: newLimits(t)}}
+		exp, err := t.expiry()
+		if err != nil {
+			return nil, fmt.Errorf("%w: token %q: expires must be an RFC 3339 time", config.ErrInvalid, t.Name)
+		}
+		e := tokenEntry{cfg: t, grant: grant{name: t.Name, scopes: mustScopes(t.Scopes), expires: exp}}
+		if p := prev[t.Name]; p != nil && p.cfg.MaxInflight == t.MaxInflight && p.cfg.Rate == t.Rate && p.cfg.Burst == t.Burst {
+			e.limits = p.limits
+		} else {
+			e.limits = newLimits(t)
+		}
 		if n, err := hex.Decode(e.hash[:], []byte(t.SHA256)); err != nil || n != sha256.Size {
 			return nil, fmt.Errorf("%w: token %q: sha256 must be 64 hex digits", config.ErrInvalid, t.Name)
 		}
-		a.tokens = append(a.tokens, e)
+		out = append(out, e)
 	}
-	for _, c := range cfg.Auth.ClientCerts {
-		a.certs = append(a.certs, certEntry{subject: c.Subject, grant: grant{name: c.Subject, scopes: mustScopes(c.Scopes)}})
-	}
-	return a, nil
+	return out, nil
 }
 
 func mustScopes(ss []string) []scope {
@@ -254,10 +325,11 @@ func HashToken(token string) string {
 // in constant time, whatever matches.
 func (a *Authenticator) lookupToken(token string) *grant {
 	h := sha256.Sum256([]byte(token))
+	tokens := *a.tokens.Load()
 	var found *grant
-	for i := range a.tokens {
-		if subtle.ConstantTimeCompare(h[:], a.tokens[i].hash[:]) == 1 && found == nil {
-			found = &a.tokens[i].grant
+	for i := range tokens {
+		if subtle.ConstantTimeCompare(h[:], tokens[i].hash[:]) == 1 && found == nil {
+			found = &tokens[i].grant
 		}
 	}
 	return found
@@ -313,6 +385,10 @@ func (a *Authenticator) authorize(w http.ResponseWriter, r *http.Request, action
 		if g = a.lookupToken(token); g == nil {
 			return r, unauthorized(w, `error="invalid_token"`, "unknown token; check it, or ask for one to be configured (auth.tokens)")
 		}
+		if !g.expires.IsZero() && !a.now().Before(g.expires) {
+			return r, unauthorized(w, `error="invalid_token", error_description="the token expired"`,
+				fmt.Sprintf("token %q expired at %s; ask for a new one", g.name, g.expires.UTC().Format(time.RFC3339)))
+		}
 	case r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && len(r.TLS.VerifiedChains[0]) > 0:
 		g = a.certGrant(r.TLS.VerifiedChains[0][0])
 	default:
@@ -337,3 +413,6 @@ func unauthorized(w http.ResponseWriter, params, msg string) int {
 	w.Header().Set("WWW-Authenticate", v)
 	return writeJSON(w, http.StatusUnauthorized, errorBody{Error: msg})
 }
+
+// tokenCount is the number of tokens in use.
+func (a *Authenticator) tokenCount() int { return len(*a.tokens.Load()) }

@@ -30,10 +30,11 @@ type Bridge struct {
 	js   jetstream.JetStream
 	app  *Appender
 	met  *Metrics
-	ln   net.Listener
+	ln   *limitListener
 	srv  *http.Server
-	done chan error    // the HTTP server's result
-	tls  *certReloader // nil without http.tls
+	done chan error     // the HTTP server's result
+	tls  *certReloader  // nil without http.tls
+	auth *Authenticator // nil with auth off
 	hup  chan os.Signal
 	stop chan struct{} // closed by Close: ends the SIGHUP watcher
 
@@ -81,9 +82,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Bridge, err erro
 			return nil, err
 		}
 	}
-	if b.ln, err = net.Listen("tcp", cfg.HTTP.Listen); err != nil {
+	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
+	if err != nil {
 		return nil, fmt.Errorf("http.listen: %w", err)
 	}
+	b.ln = newLimitListener(ln, cfg.HTTP.MaxConnections)
 	b.met = NewMetrics()
 	b.met.WatchAppender(b.app)
 	auth, err := NewAuthenticator(cfg)
@@ -94,16 +97,19 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Bridge, err erro
 	api := NewAPI(b.app, int64(cfg.HTTP.MaxBodyBytes), cfg.Append.Timeout, b.nc.IsConnected, b.met, log).WithAuth(auth).WithMaxDepth(cfg.Append.MaxJSONDepth)
 	b.srv = &http.Server{
 		Handler:           api.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout,
 		ReadTimeout:       time.Minute,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	if b.tls != nil {
-		b.srv.TLSConfig = b.tls.TLSConfig()
+	b.auth = auth
+	if b.tls != nil || cfg.Auth.TokensFile != "" {
 		b.hup = make(chan os.Signal, 1)
 		signal.Notify(b.hup, syscall.SIGHUP)
 		go b.watchHUP()
+	}
+	if b.tls != nil {
+		b.srv.TLSConfig = b.tls.TLSConfig()
 		go func() { b.done <- b.srv.ServeTLS(b.ln, "", "") }()
 	} else {
 		go func() { b.done <- b.srv.Serve(b.ln) }()
@@ -125,18 +131,39 @@ func (b *Bridge) ReloadTLS() error {
 	return b.tls.Reload()
 }
 
-// watchHUP reloads the certificates on every SIGHUP until Close.
+// ReloadTokens re-reads auth.tokens_file, as SIGHUP does; on error the
+// tokens in use stay.
+func (b *Bridge) ReloadTokens() error { return b.auth.ReloadTokens() }
+
+// watchHUP reloads the certificates and the tokens file on every SIGHUP
+// until Close.
 func (b *Bridge) watchHUP() {
 	for {
 		select {
 		case <-b.stop:
 			return
 		case <-b.hup:
-			if err := b.ReloadTLS(); err != nil {
-				b.log.Error("SIGHUP: certificates not reloaded; the previous ones stay in use", "err", err)
-			} else {
-				b.log.Info("SIGHUP: certificates reloaded", "cert_file", b.cfg.HTTP.TLS.CertFile)
-			}
+			b.reload()
+		}
+	}
+}
+
+// reload is what SIGHUP does: each of the certificates and the tokens file
+// is re-read on its own; one that does not load is logged and the one in
+// use stays.
+func (b *Bridge) reload() {
+	if b.tls != nil {
+		if err := b.ReloadTLS(); err != nil {
+			b.log.Error("SIGHUP: certificates not reloaded; the previous ones stay in use", "err", err)
+		} else {
+			b.log.Info("SIGHUP: certificates reloaded", "cert_file", b.cfg.HTTP.TLS.CertFile)
+		}
+	}
+	if b.cfg.Auth.TokensFile != "" {
+		if err := b.ReloadTokens(); err != nil {
+			b.log.Error("SIGHUP: tokens file not reloaded; the previous tokens stay in use", "tokens_file", b.cfg.Auth.TokensFile, "err", err)
+		} else {
+			b.log.Info("SIGHUP: tokens file reloaded", "tokens_file", b.cfg.Auth.TokensFile, "tokens", b.auth.tokenCount())
 		}
 	}
 }

@@ -36,6 +36,13 @@ type HTTPConfig struct {
 	Insecure bool `yaml:"insecure"`
 	// TLS serves HTTPS (and mutual TLS with client_ca_file).
 	TLS TLSConfig `yaml:"tls"`
+	// MaxConnections bounds the connections open at once; a connection past
+	// it is closed as soon as it is accepted (it does not wait).
+	MaxConnections int `yaml:"max_connections"`
+	// ReadHeaderTimeout is how long a client may take to send a request's
+	// headers (from its first byte on a fresh connection); a slower one is
+	// disconnected.
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
 }
 
 // NATSConfig says where JetStream is. An empty URL runs an embedded server.
@@ -58,7 +65,7 @@ type AppendConfig struct {
 // DefaultConfig is what an empty file means.
 func DefaultConfig() Config {
 	return Config{
-		HTTP:   HTTPConfig{Listen: "127.0.0.1:8080", MaxBodyBytes: 1 << 20, ShutdownTimeout: 10 * time.Second},
+		HTTP:   HTTPConfig{Listen: "127.0.0.1:8080", MaxBodyBytes: 1 << 20, ShutdownTimeout: 10 * time.Second, MaxConnections: DefaultMaxConnections, ReadHeaderTimeout: 10 * time.Second},
 		NATS:   NATSConfig{Embedded: natsutil.EmbeddedConfig{Host: "127.0.0.1", Port: 4222, StoreDir: "./data/nats"}},
 		Stream: natsutil.DefaultStreamConfig(),
 		Append: AppendConfig{Timeout: 5 * time.Second, MaxJSONDepth: DefaultMaxJSONDepth},
@@ -85,6 +92,12 @@ func (c *Config) Validate() error {
 	}
 	if c.HTTP.MaxBodyBytes < 1024 {
 		p.Addf("http.max_body_bytes", "must be at least 1KiB, got %d; e.g. 1MiB", int64(c.HTTP.MaxBodyBytes))
+	}
+	if c.HTTP.MaxConnections < 1 {
+		p.Addf("http.max_connections", "must be positive, got %d; e.g. %d (each takes a file descriptor: keep it under the process's limit, ulimit -n)", c.HTTP.MaxConnections, DefaultMaxConnections)
+	}
+	if c.HTTP.ReadHeaderTimeout <= 0 {
+		p.Addf("http.read_header_timeout", "must be positive, e.g. 10s")
 	}
 	if c.HTTP.ShutdownTimeout <= 0 {
 		p.Addf("http.shutdown_timeout", "must be positive, e.g. 10s")

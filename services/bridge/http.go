@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -213,19 +214,61 @@ func expectedVersion(r *http.Request) (*uint64, error) {
 	return got, nil
 }
 
-// decodeEvents reads the body: a JSON array of events whose data and
-// metadata nest at most maxDepth levels.
+// decodeEvents reads the body: a JSON array of at most MaxAppendEvents
+// valid UTF-8 events whose data and metadata nest at most maxDepth levels.
+// It stops at the first event past the limit, so a huge array costs no more
+// than the body's bytes already read.
 func decodeEvents(body io.Reader, maxDepth int) ([]envelope.Event, error) {
 	dec := json.NewDecoder(body)
-	var raws []json.RawMessage
-	if err := dec.Decode(&raws); err != nil {
+	bodyErr := func(err error, reason string) error {
 		if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
-			return nil, mbe
+			return mbe
 		}
 		if errors.Is(err, io.EOF) {
-			return nil, &envelope.FieldError{Field: "body", Reason: "is empty; send a JSON array of events"}
+			return &envelope.FieldError{Field: "body", Reason: "is empty; send a JSON array of events"}
 		}
-		return nil, &envelope.FieldError{Field: "body", Reason: "must be a JSON array of events: " + err.Error()}
+		if err != nil {
+			reason += ": " + err.Error()
+		}
+		return &envelope.FieldError{Field: "body", Reason: reason}
+	}
+	const notArray = "must be a JSON array of events"
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, bodyErr(err, notArray)
+	}
+	if tok == nil { // null: no events, as before
+		return nil, &envelope.FieldError{Field: "events", Reason: "must hold at least one event"}
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '[' {
+		return nil, bodyErr(nil, notArray+", e.g. [{\"id\":\"...\",\"type\":\"...\",\"data\":{}}]")
+	}
+	var events []envelope.Event
+	for i := 0; dec.More(); i++ {
+		if i == MaxAppendEvents {
+			return nil, &envelope.FieldError{Field: "events", Reason: fmt.Sprintf("holds more than %d events; one append takes at most %d (split it)", MaxAppendEvents, MaxAppendEvents)}
+		}
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return nil, bodyErr(noEOF(err), notArray)
+		}
+		field := "events[" + strconv.Itoa(i) + "]"
+		if !utf8.Valid(raw) {
+			return nil, &envelope.FieldError{Field: field, Reason: "is not valid UTF-8; send JSON text encoded as UTF-8"}
+		}
+		// The event object is one level; its data and metadata the rest.
+		if d := jsonDepth(raw, maxDepth+1); d > maxDepth+1 {
+			return nil, &envelope.FieldError{Field: field,
+				Reason: fmt.Sprintf("nests objects and arrays more than %d levels deep in its data or metadata (append.max_json_depth); flatten it", maxDepth)}
+		}
+		ev, err := decodeEvent(raw, field+".", appendFields)
+		if err != nil {
+			return nil, err
+		}
+		events = append(events, ev)
+	}
+	if _, err := dec.Token(); err != nil { // the closing ]
+		return nil, bodyErr(noEOF(err), notArray)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
@@ -233,23 +276,18 @@ func decodeEvents(body io.Reader, maxDepth int) ([]envelope.Event, error) {
 		}
 		return nil, &envelope.FieldError{Field: "body", Reason: "has data after the JSON array; send exactly one array"}
 	}
-	if len(raws) == 0 {
+	if len(events) == 0 {
 		return nil, &envelope.FieldError{Field: "events", Reason: "must hold at least one event"}
 	}
-	events := make([]envelope.Event, len(raws))
-	for i, raw := range raws {
-		// The event object is one level; its data and metadata the rest.
-		if d := jsonDepth(raw, maxDepth+1); d > maxDepth+1 {
-			return nil, &envelope.FieldError{Field: "events[" + strconv.Itoa(i) + "]",
-				Reason: fmt.Sprintf("nests objects and arrays more than %d levels deep in its data or metadata (append.max_json_depth); flatten it", maxDepth)}
-		}
-		ev, err := decodeEvent(raw, "events["+strconv.Itoa(i)+"].", appendFields)
-		if err != nil {
-			return nil, err
-		}
-		events[i] = ev
-	}
 	return events, nil
+}
+
+// noEOF turns an end of input inside the array into io.ErrUnexpectedEOF.
+func noEOF(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 type errorBody struct {
