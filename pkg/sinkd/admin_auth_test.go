@@ -23,6 +23,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers/gorillamux"
+
 	"github.com/jetsync/jetsync/pkg/config"
 	"github.com/jetsync/jetsync/pkg/envelope"
 	"github.com/jetsync/jetsync/pkg/httpauth"
@@ -224,6 +228,19 @@ func TestAdminTokens(t *testing.T) {
 		{"metrics: open", "/metrics", "", 200, ""},
 		{"healthz: open", "/healthz", "", 200, ""},
 	}
+	raw, err := os.ReadFile("../../docs/sink-admin.openapi.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := openapi3.NewLoader().LoadFromData(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc.Servers = openapi3.Servers{{URL: ts.url}}
+	router, err := gorillamux.NewRouter(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			res, body, err := get(c, ts.url+tt.path, tt.token)
@@ -232,6 +249,19 @@ func TestAdminTokens(t *testing.T) {
 			}
 			if res.StatusCode != tt.want {
 				t.Fatalf("status %d, want %d: %s", res.StatusCode, tt.want, body)
+			}
+			// The answer conforms to docs/sink-admin.openapi.yaml.
+			req := mustRequest(t, "GET", ts.url+tt.path)
+			route, params, err := router.FindRoute(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			opts := &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc, IncludeResponseStatus: true}
+			out := &openapi3filter.ResponseValidationInput{Status: res.StatusCode, Header: res.Header, Options: opts,
+				RequestValidationInput: &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route, Options: opts}}
+			out.SetBodyBytes([]byte(body))
+			if err := openapi3filter.ValidateResponse(t.Context(), out); err != nil {
+				t.Errorf("answer %d %s breaks the contract: %v", res.StatusCode, body, err)
 			}
 			if got := res.Header.Get("WWW-Authenticate"); !strings.Contains(got, tt.wantAuth) {
 				t.Errorf("WWW-Authenticate = %q, want it to hold %q", got, tt.wantAuth)
