@@ -2,11 +2,13 @@ package sink
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/jetsync/jetsync/pkg/config"
 	"github.com/jetsync/jetsync/pkg/envelope"
+	"github.com/jetsync/jetsync/pkg/httpauth"
 	"github.com/jetsync/jetsync/pkg/natsutil"
 )
 
@@ -45,9 +47,82 @@ type Config struct {
 		Bucket string `yaml:"bucket"`
 	} `yaml:"checkpoint"`
 	// HTTP is the sink's admin server: /metrics, /healthz, /readyz, /wait.
-	HTTP struct {
-		Listen string `yaml:"listen"` // host:port; empty turns it off
-	} `yaml:"http"`
+	HTTP HTTPConfig `yaml:"http"`
+}
+
+// HTTPConfig is a sink's admin server. With tokens (or a client CA), /wait
+// and /readyz need a read: scope covering the sink's filters (or admin);
+// /metrics and /healthz stay open unless protect_metrics/protect_healthz.
+type HTTPConfig struct {
+	Listen string `yaml:"listen"` // host:port; empty turns it off
+	// TLS serves HTTPS; the files are re-read on SIGHUP. client_ca_file
+	// turns on mutual TLS: a verified client certificate is accepted in
+	// place of a token.
+	TLS httpauth.TLSConfig `yaml:"tls"`
+	// Tokens are bearer tokens by name and SHA-256 hash (never the
+	// secret), as the bridge's auth.tokens; TokensFile is a YAML file with
+	// `tokens:` in that form (the bridge's tokens file works), re-read on
+	// SIGHUP.
+	Tokens         []httpauth.Token `yaml:"tokens"`
+	TokensFile     string           `yaml:"tokens_file"`
+	ProtectMetrics bool             `yaml:"protect_metrics"` // GET /metrics needs a token too
+	ProtectHealthz bool             `yaml:"protect_healthz"` // GET /healthz needs a token too
+}
+
+// AuthEnabled reports whether protected routes need a token or a client
+// certificate.
+func (c HTTPConfig) AuthEnabled() bool {
+	return len(c.Tokens) > 0 || c.TokensFile != "" || c.TLS.ClientCAFile != ""
+}
+
+// ReadTokens is the configured tokens: http.tokens, then the tokens file's.
+func (c HTTPConfig) ReadTokens() ([]httpauth.Token, error) {
+	toks := c.Tokens
+	if c.TokensFile != "" {
+		more, err := httpauth.ReadTokensFile(c.TokensFile)
+		if err != nil {
+			return nil, &config.KeyError{Key: "http.tokens_file", Reason: err.Error()}
+		}
+		toks = append(toks[:len(toks):len(toks)], more...)
+	}
+	return toks, nil
+}
+
+func (c HTTPConfig) validate(p *config.Problems) {
+	c.TLS.Validate("http.tls", p)
+	httpauth.ValidateTokens("http.tokens", c.Tokens, p)
+	if c.TokensFile != "" {
+		toks, err := httpauth.ReadTokensFile(c.TokensFile)
+		if err != nil {
+			p.Addf("http.tokens_file", "%v", err)
+		}
+		httpauth.ValidateTokens("http.tokens_file: tokens", toks, p)
+	}
+	if !c.AuthEnabled() {
+		if c.ProtectMetrics {
+			p.Addf("http.protect_metrics", "needs http.tokens, http.tokens_file or http.tls.client_ca_file: nothing could open /metrics")
+		}
+		if c.ProtectHealthz {
+			p.Addf("http.protect_healthz", "needs http.tokens, http.tokens_file or http.tls.client_ca_file: nothing could open /healthz")
+		}
+	}
+}
+
+// Categories are the categories the filters cover, as a read: scope names
+// them: "*" when a filter spans every category.
+func (c *Config) Categories() []string {
+	var out []string
+	for _, f := range c.Filters {
+		toks := strings.Split(f, ".")
+		cat := "*"
+		if len(toks) > 1 && toks[1] != "*" && toks[1] != ">" {
+			cat = toks[1]
+		}
+		if !slices.Contains(out, cat) {
+			out = append(out, cat)
+		}
+	}
+	return out
 }
 
 // NATSConfig says where the event stream lives.
@@ -133,6 +208,7 @@ func (c *Config) Validate(p *config.Problems) {
 	if err := envelope.ValidateToken("checkpoint.bucket", c.Checkpoint.Bucket); err != nil {
 		p.Addf("checkpoint.bucket", "must be a KV bucket name without dots or spaces (got %q)", c.Checkpoint.Bucket)
 	}
+	c.HTTP.validate(p)
 }
 
 // validateFilter accepts events.>, events.<category>.> and the like: tokens

@@ -90,6 +90,7 @@ func (s *Service) serveReload(ctx context.Context) (stop func(), err error) {
 		for {
 			select {
 			case <-s.reloading.signal: // nil without withReloadSignal: never
+				s.reloadAdmin()
 				s.Reload("SIGHUP")
 			case <-ctx.Done():
 				return

@@ -56,17 +56,18 @@ type RetryReply struct {
 
 // Service is one running sink with everything around it.
 type Service struct {
-	cfg  sink.Config
-	log  *slog.Logger
-	nc   *nats.Conn
-	js   jetstream.JetStream
-	eng  *sink.Engine
-	w    sink.Writer
-	ctl  *control.Store
-	dlq  *deadletter.Queue
-	met  *metrics.Sink
-	http *http.Server
-	addr string // the admin server's address once listening
+	cfg   sink.Config
+	log   *slog.Logger
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	eng   *sink.Engine
+	w     sink.Writer
+	ctl   *control.Store
+	dlq   *deadletter.Queue
+	met   *metrics.Sink
+	http  *http.Server
+	addr  string      // the admin server's address once listening
+	guard *adminGuard // admin_auth.go; nil without the admin server
 
 	// cpBucket is the KV bucket of the checkpoint, "" when the target keeps
 	// it; lastCheckpoint is the checkpoint this sink last reported, shown
@@ -140,10 +141,24 @@ func New(ctx context.Context, cfg sink.Config, w sink.Writer, log *slog.Logger, 
 			nc.Close()
 			return nil, fmt.Errorf("admin http: %w (set http.listen to a free host:port)", err)
 		}
+		if s.guard, err = newAdminGuard(cfg); err != nil {
+			ln.Close()
+			nc.Close()
+			return nil, fmt.Errorf("admin http: %w", err)
+		}
 		s.addr = ln.Addr().String()
 		s.http = &http.Server{Handler: s.routes(), ReadHeaderTimeout: 5 * time.Second}
+		if s.guard.tls != nil {
+			s.http.TLSConfig = s.guard.tls.TLSConfig()
+		}
 		go func() {
-			if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			var err error
+			if s.guard.tls != nil {
+				err = s.http.ServeTLS(ln, "", "")
+			} else {
+				err = s.http.Serve(ln)
+			}
+			if err != nil && !errors.Is(err, http.ErrServerClosed) {
 				s.log.Error("admin http", "err", err)
 			}
 		}()
@@ -204,10 +219,13 @@ func (s *Service) close() {
 // routes serves the admin endpoints.
 func (s *Service) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.met.Registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]string{"status": "alive"}) })
-	mux.HandleFunc("GET /readyz", s.readyz)
-	mux.HandleFunc("GET /wait", s.wait)
+	g, on := s.guard, s.cfg.HTTP.AuthEnabled()
+	mux.Handle("GET /metrics", g.guard(on && s.cfg.HTTP.ProtectMetrics, promhttp.HandlerFor(s.met.Registry, promhttp.HandlerOpts{})))
+	mux.Handle("GET /healthz", g.guard(on && s.cfg.HTTP.ProtectHealthz, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, 200, map[string]string{"status": "alive"})
+	})))
+	mux.Handle("GET /readyz", g.guard(on, http.HandlerFunc(s.readyz)))
+	mux.Handle("GET /wait", g.guard(on, http.HandlerFunc(s.wait)))
 	return mux
 }
 

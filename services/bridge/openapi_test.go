@@ -234,6 +234,42 @@ func TestAPIConformsToOpenAPI(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) { checkCall(t, doc, router, e.srv.URL, c) })
 	}
+
+	// A bridge with tokens: calls with no, unknown or wrong-scope tokens,
+	// and past a token's rate, get the documented 401, 403 and 429.
+	t.Run("with tokens", func(t *testing.T) {
+		ae := newAuthEnv(t, AuthConfig{ProtectMetrics: true, Tokens: []TokenConfig{
+			{Name: "orders", SHA256: HashToken("orders-secret"), Scopes: []string{"append:order", "read:order"}},
+			{Name: "slow", SHA256: HashToken("slow-secret"), Scopes: []string{"append:order"}, Rate: 0.001, Burst: 1},
+			{Name: "ops", SHA256: HashToken("ops-secret"), Scopes: []string{"admin"}},
+		}})
+		doc, router := contract(t, ae.url)
+		ev := func(id string) string { return `[{"id":"` + id + `","type":"T","data":{}}]` }
+		for _, c := range []contractCall{
+			{name: "append", method: "POST", path: "/streams/order/a-1/events", body: ev("a-1"), hdr: bearer("orders-secret"), want: 200},
+			{name: "append, no token", method: "POST", path: "/streams/order/a-1/events", body: ev("a-2"), want: 401},
+			{name: "append, unknown token", method: "POST", path: "/streams/order/a-1/events", body: ev("a-2"), hdr: bearer("nobody"), want: 401},
+			{name: "append, not bearer", method: "POST", path: "/streams/order/a-1/events", body: ev("a-2"), hdr: []string{"Authorization", "Basic eDp5"}, want: 401},
+			{name: "append, wrong scope", method: "POST", path: "/streams/invoice/i-1/events", body: ev("a-2"), hdr: bearer("orders-secret"), want: 403},
+			{name: "append, admin is not append", method: "POST", path: "/streams/order/a-1/events", body: ev("a-2"), hdr: bearer("ops-secret"), want: 403},
+			{name: "append within the rate", method: "POST", path: "/streams/order/s-1/events", body: ev("s-1"), hdr: bearer("slow-secret"), want: 200},
+			{name: "append past the rate", method: "POST", path: "/streams/order/s-1/events", body: ev("s-2"), hdr: bearer("slow-secret"), want: 429},
+			{name: "state", method: "GET", path: "/streams/order/a-1", hdr: bearer("orders-secret"), want: 200},
+			{name: "state, no token", method: "GET", path: "/streams/order/a-1", want: 401},
+			{name: "state, unknown token", method: "GET", path: "/streams/order/a-1", hdr: bearer("nobody"), want: 401},
+			{name: "state, wrong scope", method: "GET", path: "/streams/invoice/i-1", hdr: bearer("orders-secret"), want: 403},
+			{name: "state, append only", method: "GET", path: "/streams/order/a-1", hdr: bearer("slow-secret"), want: 403},
+			{name: "metrics, admin", method: "GET", path: "/metrics", hdr: bearer("ops-secret"), want: 200},
+			{name: "metrics, no token", method: "GET", path: "/metrics", want: 401},
+			{name: "metrics, unknown token", method: "GET", path: "/metrics", hdr: bearer("nobody"), want: 401},
+			{name: "metrics, wrong scope", method: "GET", path: "/metrics", hdr: bearer("orders-secret"), want: 403},
+			{name: "healthz stays open", method: "GET", path: "/healthz", want: 200},
+			{name: "readyz stays open", method: "GET", path: "/readyz", want: 200},
+			{name: "openapi stays open", method: "GET", path: "/openapi.yaml", want: 200},
+		} {
+			t.Run(c.name, func(t *testing.T) { checkCall(t, doc, router, ae.url, c) })
+		}
+	})
 }
 
 // TestOpenAPIValidatorBites makes sure the checks above can fail: answers
