@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"slices"
 	"strconv"
@@ -106,42 +109,70 @@ func benchAppend(b *testing.B, events, clients int, group bool) {
 	}
 }
 
-// BenchmarkHTTPAppend is BenchmarkAppend through the HTTP API (httptest
-// server in this process), for profiling the request path:
+// BenchmarkHTTPAppend is BenchmarkAppend through the HTTP API (an httptest
+// server in this process), plain, over TLS, and over TLS with a bearer
+// token checked on every request: the cost of a bridge safe to expose.
 //
-//	go test -run '^$' -bench HTTPAppend -benchtime 20000x -cpuprofile /tmp/http.cpu ./services/bridge/
+//	go test -run '^$' -bench HTTPAppend -benchtime 20000x ./services/bridge/
 func BenchmarkHTTPAppend(b *testing.B) {
-	for _, events := range []int{1, 5} {
-		b.Run(fmt.Sprintf("events=%d", events), func(b *testing.B) {
-			e := newEnv(b)
-			c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-			var next atomic.Int64
-			b.ResetTimer()
-			var wg sync.WaitGroup
-			for cl := range 32 {
-				wg.Go(func() {
-					var version uint64
-					for next.Add(1) <= int64(b.N) {
-						body := newEvents(fmt.Sprintf("c%d-v%d", cl, version), events)
-						url := fmt.Sprintf("%s/streams/bench/s%d/events?expectedVersion=%d", e.srv.URL, cl, version)
-						resp, err := c.Post(url, "application/json", strings.NewReader(body))
-						if err != nil {
-							b.Error(err)
-							return
-						}
-						var r apiResp
-						err = json.NewDecoder(resp.Body).Decode(&r)
-						resp.Body.Close()
-						if err != nil || resp.StatusCode != http.StatusOK {
-							b.Errorf("status %d %+v %v", resp.StatusCode, r, err)
-							return
-						}
-						version = r.Version
+	const secret = "bench-secret-token"
+	sum := sha256.Sum256([]byte(secret))
+	for _, mode := range []string{"plain", "tls", "tls+token"} {
+		for _, events := range []int{1, 5} {
+			b.Run(fmt.Sprintf("%s/events=%d", mode, events), func(b *testing.B) {
+				e := newEnv(b)
+				api := NewAPI(e.app, testMaxBody, testTimeout, e.nc.IsConnected, nil, testLogger(b))
+				if mode == "tls+token" {
+					cfg := DefaultConfig()
+					cfg.Auth.Tokens = []TokenConfig{{Name: "bench", SHA256: hex.EncodeToString(sum[:]), Scopes: []string{"append:*"}}}
+					auth, err := NewAuthenticator(cfg)
+					if err != nil {
+						b.Fatal(err)
 					}
-				})
-			}
-			wg.Wait()
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "appends/s")
-		})
+					api = api.WithAuth(auth)
+				}
+				srv := httptest.NewUnstartedServer(api.Handler())
+				if mode == "plain" {
+					srv.Start()
+				} else {
+					srv.StartTLS()
+				}
+				defer srv.Close()
+				c := srv.Client()
+				c.Transport.(*http.Transport).MaxIdleConnsPerHost = 64
+				var next atomic.Int64
+				b.ResetTimer()
+				var wg sync.WaitGroup
+				for cl := range 32 {
+					wg.Go(func() {
+						var version uint64
+						for next.Add(1) <= int64(b.N) {
+							body := newEvents(fmt.Sprintf("c%d-v%d", cl, version), events)
+							url := fmt.Sprintf("%s/streams/bench/s%d/events?expectedVersion=%d", srv.URL, cl, version)
+							req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+							req.Header.Set("Content-Type", "application/json")
+							if mode == "tls+token" {
+								req.Header.Set("Authorization", "Bearer "+secret)
+							}
+							resp, err := c.Do(req)
+							if err != nil {
+								b.Error(err)
+								return
+							}
+							var r apiResp
+							err = json.NewDecoder(resp.Body).Decode(&r)
+							resp.Body.Close()
+							if err != nil || resp.StatusCode != http.StatusOK {
+								b.Errorf("status %d %+v %v", resp.StatusCode, r, err)
+								return
+							}
+							version = r.Version
+						}
+					})
+				}
+				wg.Wait()
+				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "appends/s")
+			})
+		}
 	}
 }
