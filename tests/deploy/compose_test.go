@@ -29,6 +29,8 @@ var acceptedEnv = map[string][]string{
 		"JETSYNC_STREAM_MAX_BYTES", "JETSYNC_STREAM_DUPLICATE_WINDOW",
 		"JETSYNC_STREAM_ALLOW_DELETE", "JETSYNC_STREAM_ALLOW_PURGE",
 		"JETSYNC_APPEND_TIMEOUT",
+		// services/bridge HTTPConfig.TLS.
+		"JETSYNC_HTTP_TLS_CERT_FILE", "JETSYNC_HTTP_TLS_KEY_FILE", "JETSYNC_HTTP_TLS_CLIENT_CA_FILE",
 	},
 	"sink-cache": {
 		// pkg/sink.Config, inlined at the top of every sink's file.
