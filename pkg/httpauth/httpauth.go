@@ -3,12 +3,10 @@
 // tokens defined by name and SHA-256 hash with scopes, answered 401 with
 // WWW-Authenticate or 403 naming the missing scope.
 //
-// It is a focused copy of what services/bridge's auth.go and tls.go do, with
-// the same keys, hash format (`bridge token-hash`), scope syntax and
-// answers, so one tokens file serves the bridge and the sinks. The bridge
-// keeps its own copy for now: its tokens also carry per-token limits
-// (limits.go) and client-certificate grants; moving it onto this package is
-// a follow-up.
+// The bridge uses its TLS section, scopes and token hashes too, so one
+// tokens file and one http.tls section mean the same everywhere; the
+// bridge's own Authenticator adds per-token limits, expiry and
+// client-certificate grants (services/bridge/auth.go).
 package httpauth
 
 import (
@@ -27,6 +25,7 @@ import (
 	"sync/atomic"
 
 	"github.com/jetsync/jetsync/pkg/config"
+	"github.com/jetsync/jetsync/pkg/envelope"
 )
 
 // MaxNameLen bounds a token's name, as the bridge's principal header does.
@@ -206,44 +205,46 @@ func ValidateTokens(key string, toks []Token, p *config.Problems) {
 			p.Addf(k+".scopes", "is empty; give e.g. [\"read:*\"] or [admin]")
 		}
 		for j, s := range t.Scopes {
-			if _, err := parseScope(s); err != "" {
+			if _, err := ParseScope(s); err != "" {
 				p.Addf(fmt.Sprintf("%s.scopes[%d]", k, j), "%q %s", s, err)
 			}
 		}
 	}
 }
 
-// scope is one parsed grant: an action and, for append and read, a
-// category pattern ("*", "order", or a prefix "order-*").
-type scope struct {
+// Scope is one parsed grant: an action and, for append and read, a
+// category pattern ("*", "order", or a prefix "order-*"). The bridge and
+// the sinks' admin servers share it, so one tokens file means the same
+// everywhere.
+type Scope struct {
 	action  string // append, read, admin
 	pattern string
 }
 
-func parseScope(s string) (scope, string) {
+// ParseScope parses append:<pattern>, read:<pattern> or admin; the string
+// is empty or says what is wrong with s.
+func ParseScope(s string) (Scope, string) {
 	if s == "admin" {
-		return scope{action: "admin"}, ""
+		return Scope{action: "admin"}, ""
 	}
 	action, pat, ok := strings.Cut(s, ":")
 	if !ok || (action != "append" && action != "read") {
-		return scope{}, "is not a scope; use append:<category pattern>, read:<category pattern> or admin"
+		return Scope{}, "is not a scope; use append:<category pattern>, read:<category pattern> or admin"
 	}
 	if pat == "" {
-		return scope{}, "has no category pattern; use e.g. " + action + ":order or " + action + ":*"
+		return Scope{}, "has no category pattern; use e.g. " + action + ":order or " + action + ":*"
 	}
-	if pat != "*" && !validCategory(strings.TrimSuffix(pat, "*")) {
-		return scope{}, "has a bad category pattern: a category, a prefix ending in * (order-*) or *"
+	if pat != "*" {
+		if err := envelope.ValidateToken("pattern", strings.TrimSuffix(pat, "*")); err != nil {
+			return Scope{}, "has a bad category pattern: a category, a prefix ending in * (order-*) or *"
+		}
 	}
-	return scope{action: action, pattern: pat}, ""
+	return Scope{action: action, pattern: pat}, ""
 }
 
-func validCategory(s string) bool {
-	return s != "" && !strings.ContainsAny(s, ". \t\r\n*>")
-}
-
-// allows reports whether s grants action on category; category "*" (all
+// Allows reports whether s grants action on category; category "*" (all
 // categories) needs the pattern "*".
-func (s scope) allows(action, category string) bool {
+func (s Scope) Allows(action, category string) bool {
 	switch {
 	case s.action != action:
 		return false
@@ -258,10 +259,13 @@ func (s scope) allows(action, category string) bool {
 	return s.pattern == category
 }
 
+// IsAdmin reports whether s is the admin scope.
+func (s Scope) IsAdmin() bool { return s.action == "admin" }
+
 type tokenEntry struct {
 	hash   [sha256.Size]byte
 	name   string
-	scopes []scope
+	scopes []Scope
 }
 
 // Authenticator checks requests' bearer tokens (or verified client
@@ -282,7 +286,7 @@ func NewAuthenticator(toks []Token, certs bool) (*Authenticator, error) {
 			return nil, fmt.Errorf("%w: token %q: sha256 must be 64 hex digits", config.ErrInvalid, t.Name)
 		}
 		for _, s := range t.Scopes {
-			if sc, err := parseScope(s); err == "" {
+			if sc, err := ParseScope(s); err == "" {
 				e.scopes = append(e.scopes, sc)
 			}
 		}
@@ -342,7 +346,7 @@ func (a *Authenticator) Authorize(w http.ResponseWriter, r *http.Request, action
 	for _, c := range categories {
 		ok := false
 		for _, s := range e.scopes {
-			if s.action == "admin" || s.allows(action, c) {
+			if s.IsAdmin() || s.Allows(action, c) {
 				ok = true
 				break
 			}

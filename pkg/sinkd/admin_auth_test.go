@@ -2,23 +2,16 @@ package sinkd
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
-	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -35,71 +28,6 @@ import (
 	"github.com/jetsync/jetsync/pkg/testenv"
 )
 
-var serial atomic.Int64
-
-// testCA is a certificate authority made for one test.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
-
-func newCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// issue makes a leaf certificate: a server one (for 127.0.0.1) or a client one.
-func (ca *testCA) issue(t *testing.T, cn string, server bool) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
-}
-
-func (ca *testCA) clientCert(t *testing.T, cn string) *tls.Certificate {
-	t.Helper()
-	c, k := ca.issue(t, cn, false)
-	cert, err := tls.X509KeyPair(c, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &cert
-}
-
 func writeFile(t *testing.T, path string, b []byte) {
 	t.Helper()
 	if err := os.WriteFile(path, b, 0o600); err != nil {
@@ -112,8 +40,8 @@ func writeFile(t *testing.T, path string, b []byte) {
 type tlsSink struct {
 	svc      *Service
 	url      string
-	serverCA *testCA
-	clientCA *testCA
+	serverCA *testenv.CA
+	clientCA *testenv.CA
 	certFile string
 	keyFile  string
 	hup      chan os.Signal
@@ -122,9 +50,9 @@ type tlsSink struct {
 func startTLSSink(t *testing.T, mutual bool, edit func(*sink.Config)) *tlsSink {
 	t.Helper()
 	dir := t.TempDir()
-	ts := &tlsSink{serverCA: newCA(t, "server CA"), clientCA: newCA(t, "client CA"),
+	ts := &tlsSink{serverCA: testenv.NewCA(t, "server CA"), clientCA: testenv.NewCA(t, "client CA"),
 		certFile: filepath.Join(dir, "admin.pem"), keyFile: filepath.Join(dir, "admin.key"), hup: make(chan os.Signal, 1)}
-	c, k := ts.serverCA.issue(t, "sink", true)
+	c, k, _ := ts.serverCA.Issue(t, pkix.Name{CommonName: "sink"}, true)
 	writeFile(t, ts.certFile, c)
 	writeFile(t, ts.keyFile, k)
 
@@ -144,7 +72,7 @@ func startTLSSink(t *testing.T, mutual bool, edit func(*sink.Config)) *tlsSink {
 	cfg.HTTP.TLS = httpauth.TLSConfig{CertFile: ts.certFile, KeyFile: ts.keyFile}
 	if mutual {
 		cfg.HTTP.TLS.ClientCAFile = filepath.Join(dir, "clients.pem")
-		writeFile(t, cfg.HTTP.TLS.ClientCAFile, ts.clientCA.pem)
+		writeFile(t, cfg.HTTP.TLS.ClientCAFile, ts.clientCA.PEM)
 	}
 	if edit != nil {
 		edit(&cfg.Config)
@@ -165,9 +93,9 @@ func startTLSSink(t *testing.T, mutual bool, edit func(*sink.Config)) *tlsSink {
 }
 
 // client trusts ca and presents cert (none when nil).
-func httpsClient(t *testing.T, ca *testCA, cert *tls.Certificate) *http.Client {
+func httpsClient(t *testing.T, ca *testenv.CA, cert *tls.Certificate) *http.Client {
 	pool := x509.NewCertPool()
-	pool.AddCert(ca.cert)
+	pool.AddCert(ca.Cert)
 	cfg := &tls.Config{RootCAs: pool}
 	if cert != nil {
 		cfg.Certificates = []tls.Certificate{*cert}
@@ -319,15 +247,15 @@ func TestAdminTokensFileReload(t *testing.T) {
 // needs a certificate of that CA; with tokens too, either one.
 func TestAdminMutualTLS(t *testing.T) {
 	ts := startTLSSink(t, true, nil)
-	other := newCA(t, "someone else's CA")
+	other := testenv.NewCA(t, "someone else's CA")
 	tests := []struct {
 		name string
 		cert *tls.Certificate
 		ok   bool
 	}{
-		{"client cert of the CA", ts.clientCA.clientCert(t, "reader"), true},
+		{"client cert of the CA", ts.clientCA.ClientCert(t, pkix.Name{CommonName: "reader"}), true},
 		{"no client cert", nil, false},
-		{"cert of another CA", other.clientCert(t, "reader"), false},
+		{"cert of another CA", other.ClientCert(t, pkix.Name{CommonName: "reader"}), false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -354,7 +282,7 @@ func TestAdminMutualTLS(t *testing.T) {
 			token string
 			want  int
 		}{
-			{"certificate", ts.clientCA.clientCert(t, "x"), "", 200},
+			{"certificate", ts.clientCA.ClientCert(t, pkix.Name{CommonName: "x"}), "", 200},
 			{"token", nil, "tok", 200},
 			{"neither", nil, "", 401},
 		} {
@@ -382,13 +310,13 @@ func TestAdminCertRotation(t *testing.T) {
 		t.Fatalf("after a refused reload: %v", err)
 	}
 
-	newCA := newCA(t, "new server CA")
-	c, k := newCA.issue(t, "sink", true)
+	rotated := testenv.NewCA(t, "new server CA")
+	c, k, _ := rotated.Issue(t, pkix.Name{CommonName: "sink"}, true)
 	writeFile(t, ts.certFile, c)
 	writeFile(t, ts.keyFile, k)
 	ts.hup <- syscall.SIGHUP
 	testenv.Eventually(t, 10*time.Second, func() bool {
-		res, _, err := get(httpsClient(t, newCA, nil), ts.url+"/healthz", "")
+		res, _, err := get(httpsClient(t, rotated, nil), ts.url+"/healthz", "")
 		return err == nil && res.StatusCode == 200
 	}, "the new certificate was never served")
 	if _, _, err := get(httpsClient(t, ts.serverCA, nil), ts.url+"/healthz", ""); err == nil {

@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetsync/jetsync/pkg/httpauth"
 	"github.com/jetsync/jetsync/pkg/testenv"
 )
 
@@ -64,7 +65,7 @@ auth:
   tokens:
     - {name: good, sha256: %s, scopes: ["append:*", "read:*"]}
     - {name: flood, sha256: %s, scopes: ["append:*"], rate: 20, burst: 20}
-`, port, abuseMaxConns, nport, t.TempDir(), HashToken(secretGood), HashToken(secretFlood))
+`, port, abuseMaxConns, nport, t.TempDir(), httpauth.HashToken(secretGood), httpauth.HashToken(secretFlood))
 	path := filepath.Join(t.TempDir(), "bridge.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -202,9 +203,6 @@ func logLatency(t *testing.T, phase string, lat []time.Duration, d time.Duration
 // TCP on loopback) while well-behaved clients append, and reports their
 // latency, the bridge's memory and what reached the stream.
 func TestAbuse(t *testing.T) {
-	if testing.Short() {
-		t.Skip("abuse test: not with -short")
-	}
 	b := startAbuseBridge(t)
 	pid := b.cmd.Process.Pid
 	good := &goodLoad{url: b.url, client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: abuseGoodClients}}}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/jetsync/jetsync/pkg/config"
 	"github.com/jetsync/jetsync/pkg/envelope"
+	"github.com/jetsync/jetsync/pkg/httpauth"
 )
 
 // AuthConfig turns on authentication: bearer tokens (listed here or in a
@@ -144,63 +145,24 @@ func checkScopes(key string, scopes []string, p *config.Problems) {
 		p.Addf(key, "is empty; give e.g. [\"append:order\", \"read:*\"] or [admin]")
 	}
 	for i, s := range scopes {
-		if _, err := parseScope(s); err != "" {
+		if _, err := httpauth.ParseScope(s); err != "" {
 			p.Addf(fmt.Sprintf("%s[%d]", key, i), "%q %s", s, err)
 		}
 	}
-}
-
-// scope is one parsed grant: an action and, for append and read, a
-// category pattern ("*", "order", or a prefix "order-*").
-type scope struct {
-	action  string // append, read, admin
-	pattern string
-}
-
-func parseScope(s string) (scope, string) {
-	if s == "admin" {
-		return scope{action: "admin"}, ""
-	}
-	action, pat, ok := strings.Cut(s, ":")
-	if !ok || (action != "append" && action != "read") {
-		return scope{}, "is not a scope; use append:<category pattern>, read:<category pattern> or admin"
-	}
-	if pat == "" {
-		return scope{}, "has no category pattern; use e.g. " + action + ":order or " + action + ":*"
-	}
-	if pat != "*" {
-		if err := envelope.ValidateToken("pattern", strings.TrimSuffix(pat, "*")); err != nil {
-			return scope{}, "has a bad category pattern: a category, a prefix ending in * (order-*) or *"
-		}
-	}
-	return scope{action: action, pattern: pat}, ""
-}
-
-func (s scope) allows(action, category string) bool {
-	if s.action != action {
-		return false
-	}
-	if s.action == "admin" || s.pattern == "*" {
-		return true
-	}
-	if prefix, ok := strings.CutSuffix(s.pattern, "*"); ok {
-		return strings.HasPrefix(category, prefix)
-	}
-	return s.pattern == category
 }
 
 // grant is a principal with its scopes and, for a token, its limits and
 // expiry.
 type grant struct {
 	name    string
-	scopes  []scope
+	scopes  []httpauth.Scope
 	limits  *limits   // nil: none
 	expires time.Time // zero: never
 }
 
 func (g *grant) allows(action, category string) bool {
 	for _, s := range g.scopes {
-		if s.allows(action, category) {
+		if s.Allows(action, category) {
 			return true
 		}
 	}
@@ -305,20 +267,14 @@ func (a *Authenticator) loadTokens(old []tokenEntry) ([]tokenEntry, error) {
 	return out, nil
 }
 
-func mustScopes(ss []string) []scope {
-	out := make([]scope, 0, len(ss))
+func mustScopes(ss []string) []httpauth.Scope {
+	out := make([]httpauth.Scope, 0, len(ss))
 	for _, s := range ss {
-		if sc, err := parseScope(s); err == "" {
+		if sc, err := httpauth.ParseScope(s); err == "" {
 			out = append(out, sc)
 		}
 	}
 	return out
-}
-
-// HashToken is the SHA-256 of a token in hex, as auth.tokens[].sha256 holds it.
-func HashToken(token string) string {
-	h := sha256.Sum256([]byte(token))
-	return hex.EncodeToString(h[:])
 }
 
 // lookupToken finds the token's grant. Every configured hash is compared,

@@ -16,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetsync/jetsync/pkg/httpauth"
 	"github.com/jetsync/jetsync/pkg/natsutil"
 	"github.com/jetsync/jetsync/pkg/testenv"
 )
@@ -30,9 +31,9 @@ const (
 
 func testAuthConfig() AuthConfig {
 	return AuthConfig{Tokens: []TokenConfig{
-		{Name: "writer", SHA256: HashToken(secretWriter), Scopes: []string{"append:order", "append:user-*", "read:order"}},
-		{Name: "reader", SHA256: HashToken(secretReader), Scopes: []string{"read:*"}},
-		{Name: "ops", SHA256: HashToken(secretAdmin), Scopes: []string{"admin"}},
+		{Name: "writer", SHA256: httpauth.HashToken(secretWriter), Scopes: []string{"append:order", "append:user-*", "read:order"}},
+		{Name: "reader", SHA256: httpauth.HashToken(secretReader), Scopes: []string{"read:*"}},
+		{Name: "ops", SHA256: httpauth.HashToken(secretAdmin), Scopes: []string{"admin"}},
 	}}
 }
 
@@ -166,7 +167,7 @@ func TestAuthPerEndpoint(t *testing.T) {
 	if res.StatusCode != 200 {
 		t.Fatalf("/metrics: %d", res.StatusCode)
 	}
-	for _, s := range []string{secretWriter, secretReader, secretAdmin, secretOther, HashToken(secretWriter)} {
+	for _, s := range []string{secretWriter, secretReader, secretAdmin, secretOther, httpauth.HashToken(secretWriter)} {
 		if bytes.Contains(raw, []byte(s)) {
 			t.Errorf("/metrics holds %q", s)
 		}
@@ -209,7 +210,7 @@ func TestAuthProtectMetrics(t *testing.T) {
 
 func TestAuthTokensFile(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "tokens.yaml")
-	if err := os.WriteFile(p, []byte("tokens:\n  - name: filed\n    sha256: "+HashToken(secretOther)+"\n    scopes: [\"append:*\"]\n"), 0o600); err != nil {
+	if err := os.WriteFile(p, []byte("tokens:\n  - name: filed\n    sha256: "+httpauth.HashToken(secretOther)+"\n    scopes: [\"append:*\"]\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	e := newAuthEnv(t, AuthConfig{TokensFile: p})
@@ -229,9 +230,9 @@ auth:
       sha256: `+secretWriter+`
       scopes: [append, "read:", "write:x", "append:a.b"]
     - name: a
-      sha256: `+HashToken("x")+`
+      sha256: `+httpauth.HashToken("x")+`
       scopes: []
-    - sha256: `+HashToken("y")+`
+    - sha256: `+httpauth.HashToken("y")+`
       scopes: [admin]
       colour: red
   tokens_file: `+tokFile+`
@@ -255,9 +256,9 @@ auth:
       sha256: `+secretWriter+`
       scopes: [append, "read:", "write:x", "append:a.b"]
     - name: a
-      sha256: `+HashToken("x")+`
+      sha256: `+httpauth.HashToken("x")+`
       scopes: []
-    - sha256: `+HashToken("y")+`
+    - sha256: `+httpauth.HashToken("y")+`
       scopes: [admin]
   tokens_file: `+tokFile+`
 `)
@@ -286,7 +287,7 @@ func TestTokenHashCommand(t *testing.T) {
 	if code := run(context.Background(), []string{"token-hash"}, strings.NewReader(secretWriter+"\n"), &out, &errb); code != 0 {
 		t.Fatalf("exit %d: %s", code, errb.String())
 	}
-	if got := strings.TrimSpace(out.String()); got != HashToken(secretWriter) {
+	if got := strings.TrimSpace(out.String()); got != httpauth.HashToken(secretWriter) {
 		t.Fatalf("hash %q", got)
 	}
 	out.Reset()
@@ -302,7 +303,7 @@ func TestTokenHashCommand(t *testing.T) {
 			sum = v
 		}
 	}
-	if len(tok) < 40 || sum != HashToken(tok) {
+	if len(tok) < 40 || sum != httpauth.HashToken(tok) {
 		t.Fatalf("-new printed %q", out.String())
 	}
 }

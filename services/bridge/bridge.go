@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetsync/jetsync/pkg/httpauth"
 	"github.com/jetsync/jetsync/pkg/natsutil"
 )
 
@@ -32,9 +33,9 @@ type Bridge struct {
 	met  *Metrics
 	ln   *limitListener
 	srv  *http.Server
-	done chan error     // the HTTP server's result
-	tls  *certReloader  // nil without http.tls
-	auth *Authenticator // nil with auth off
+	done chan error             // the HTTP server's result
+	tls  *httpauth.CertReloader // nil without http.tls
+	auth *Authenticator         // nil with auth off
 	hup  chan os.Signal
 	stop chan struct{} // closed by Close: ends the SIGHUP watcher
 
@@ -77,8 +78,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Bridge, err erro
 	}
 	b.app = NewAppender(b.js, stream)
 
-	if cfg.HTTP.TLS.enabled() {
-		if b.tls, err = newCertReloader(cfg.HTTP.TLS, len(cfg.Auth.Tokens) > 0 || cfg.Auth.TokensFile != ""); err != nil {
+	if cfg.HTTP.TLS.Enabled() {
+		if b.tls, err = httpauth.NewCertReloader(tlsKey, cfg.HTTP.TLS, len(cfg.Auth.Tokens) > 0 || cfg.Auth.TokensFile != ""); err != nil {
 			return nil, err
 		}
 	}

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/jetsync/jetsync/pkg/config"
+	"github.com/jetsync/jetsync/pkg/httpauth"
 	"github.com/jetsync/jetsync/pkg/natsutil"
 )
 
@@ -281,7 +282,7 @@ func tokenHashCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int 
 			return exitFailed
 		}
 		tok := "jst_" + base64.RawURLEncoding.EncodeToString(b[:])
-		fmt.Fprintf(stdout, "token: %s\nsha256: %s\n", tok, HashToken(tok))
+		fmt.Fprintf(stdout, "token: %s\nsha256: %s\n", tok, httpauth.HashToken(tok))
 		return exitOK
 	}
 	line, err := bufio.NewReader(io.LimitReader(stdin, 64<<10)).ReadString('\n')
@@ -294,6 +295,6 @@ func tokenHashCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int 
 		fmt.Fprintln(stderr, "bridge token-hash: stdin is empty; pipe the token in, e.g. echo \"$TOKEN\" | bridge token-hash")
 		return exitUsage
 	}
-	fmt.Fprintln(stdout, HashToken(tok))
+	fmt.Fprintln(stdout, httpauth.HashToken(tok))
 	return exitOK
 }

@@ -122,7 +122,7 @@ func (c *Config) Validate() error {
 		p.Addf("append.max_json_depth", "must be 1 to 1000, got %d; e.g. %d", c.Append.MaxJSONDepth, DefaultMaxJSONDepth)
 	}
 	c.Auth.validate(&p)
-	c.HTTP.TLS.validate(&p)
+	c.HTTP.TLS.Validate(tlsKey, &p)
 	if len(c.Auth.ClientCerts) > 0 && c.HTTP.TLS.ClientCAFile == "" {
 		p.Addf("auth.client_certs", "needs http.tls.client_ca_file: without mutual TLS no client presents a certificate")
 	}

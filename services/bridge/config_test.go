@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jetsync/jetsync/pkg/config"
+	"github.com/jetsync/jetsync/pkg/httpauth"
 )
 
 func writeConfig(t *testing.T, yaml string) string {
@@ -104,7 +105,7 @@ func TestExampleConfigIsTheDefault(t *testing.T) {
 }
 
 func TestNonLoopbackListenNeedsAuthOrInsecure(t *testing.T) {
-	tok := "\nauth:\n  tokens: [{name: a, sha256: " + HashToken("x") + ", scopes: [admin]}]\n"
+	tok := "\nauth:\n  tokens: [{name: a, sha256: " + httpauth.HashToken("x") + ", scopes: [admin]}]\n"
 	for _, tt := range []struct {
 		name, yaml string
 		ok         bool

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jetsync/jetsync/pkg/httpauth"
 	"github.com/jetsync/jetsync/pkg/testenv"
 )
 
@@ -88,7 +89,7 @@ func TestTokenRateLimit(t *testing.T) {
 func TestLimitConfigProblems(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Append.MaxJSONDepth = 0
-	cfg.Auth.Tokens = []TokenConfig{{Name: "a", SHA256: HashToken("a"), Scopes: []string{"admin"}, MaxInflight: -1, Rate: -1, Burst: 3}}
+	cfg.Auth.Tokens = []TokenConfig{{Name: "a", SHA256: httpauth.HashToken("a"), Scopes: []string{"admin"}, MaxInflight: -1, Rate: -1, Burst: 3}}
 	err := cfg.Validate()
 	for _, k := range []string{"append.max_json_depth", "auth.tokens[0].max_inflight", "auth.tokens[0].rate", "auth.tokens[0].burst"} {
 		if err == nil || !strings.Contains(err.Error(), k) {

@@ -16,6 +16,8 @@ import (
 	"github.com/getkin/kin-openapi/routers"
 	"github.com/getkin/kin-openapi/routers/gorillamux"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/jetsync/jetsync/pkg/httpauth"
 )
 
 // contract loads the embedded OpenAPI document, validates it, and points its
@@ -239,9 +241,9 @@ func TestAPIConformsToOpenAPI(t *testing.T) {
 	// and past a token's rate, get the documented 401, 403 and 429.
 	t.Run("with tokens", func(t *testing.T) {
 		ae := newAuthEnv(t, AuthConfig{ProtectMetrics: true, Tokens: []TokenConfig{
-			{Name: "orders", SHA256: HashToken("orders-secret"), Scopes: []string{"append:order", "read:order"}},
-			{Name: "slow", SHA256: HashToken("slow-secret"), Scopes: []string{"append:order"}, Rate: 0.001, Burst: 1},
-			{Name: "ops", SHA256: HashToken("ops-secret"), Scopes: []string{"admin"}},
+			{Name: "orders", SHA256: httpauth.HashToken("orders-secret"), Scopes: []string{"append:order", "read:order"}},
+			{Name: "slow", SHA256: httpauth.HashToken("slow-secret"), Scopes: []string{"append:order"}, Rate: 0.001, Burst: 1},
+			{Name: "ops", SHA256: httpauth.HashToken("ops-secret"), Scopes: []string{"admin"}},
 		}})
 		doc, router := contract(t, ae.url)
 		ev := func(id string) string { return `[{"id":"` + id + `","type":"T","data":{}}]` }

@@ -2,84 +2,21 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
 	"log/slog"
-	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jetsync/jetsync/pkg/testenv"
 )
-
-var serial atomic.Int64
-
-// testCA is a certificate authority made for one test.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
-
-func newCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// issue makes a leaf certificate: a server one (for 127.0.0.1) or a client one.
-func (ca *testCA) issue(t *testing.T, subject pkix.Name, server bool) (certPEM, keyPEM []byte, serialNo int64) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serialNo = serial.Add(1)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serialNo), Subject: subject,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), serialNo
-}
 
 func writeFile(t *testing.T, path string, b []byte) {
 	t.Helper()
@@ -92,8 +29,8 @@ func writeFile(t *testing.T, path string, b []byte) {
 type tlsBridge struct {
 	b        *Bridge
 	url      string
-	serverCA *testCA
-	clientCA *testCA
+	serverCA *testenv.CA
+	clientCA *testenv.CA
 	certFile string
 	keyFile  string
 	log      *syncBuffer
@@ -102,9 +39,9 @@ type tlsBridge struct {
 func startTLSBridge(t *testing.T, auth AuthConfig, mutual bool) *tlsBridge {
 	t.Helper()
 	dir := t.TempDir()
-	tb := &tlsBridge{serverCA: newCA(t, "server CA"), clientCA: newCA(t, "client CA"), log: &syncBuffer{},
+	tb := &tlsBridge{serverCA: testenv.NewCA(t, "server CA"), clientCA: testenv.NewCA(t, "client CA"), log: &syncBuffer{},
 		certFile: filepath.Join(dir, "server.pem"), keyFile: filepath.Join(dir, "server.key")}
-	c, k, _ := tb.serverCA.issue(t, pkix.Name{CommonName: "bridge"}, true)
+	c, k, _ := tb.serverCA.Issue(t, pkix.Name{CommonName: "bridge"}, true)
 	writeFile(t, tb.certFile, c)
 	writeFile(t, tb.keyFile, k)
 	cfg := DefaultConfig()
@@ -115,7 +52,7 @@ func startTLSBridge(t *testing.T, auth AuthConfig, mutual bool) *tlsBridge {
 	cfg.HTTP.TLS = TLSConfig{CertFile: tb.certFile, KeyFile: tb.keyFile}
 	if mutual {
 		cfg.HTTP.TLS.ClientCAFile = filepath.Join(dir, "clients.pem")
-		writeFile(t, cfg.HTTP.TLS.ClientCAFile, tb.clientCA.pem)
+		writeFile(t, cfg.HTTP.TLS.ClientCAFile, tb.clientCA.PEM)
 	}
 	cfg.Auth = auth
 	if err := cfg.Validate(); err != nil {
@@ -134,7 +71,7 @@ func startTLSBridge(t *testing.T, auth AuthConfig, mutual bool) *tlsBridge {
 // client trusts the server CA and presents cert (none when nil).
 func (tb *tlsBridge) client(t *testing.T, cert *tls.Certificate) *http.Client {
 	pool := x509.NewCertPool()
-	pool.AddCert(tb.serverCA.cert)
+	pool.AddCert(tb.serverCA.Cert)
 	cfg := &tls.Config{RootCAs: pool}
 	if cert != nil {
 		cfg.Certificates = []tls.Certificate{*cert}
@@ -142,16 +79,6 @@ func (tb *tlsBridge) client(t *testing.T, cert *tls.Certificate) *http.Client {
 	tr := &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}
 	t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
-}
-
-func clientCert(t *testing.T, ca *testCA, subject pkix.Name) *tls.Certificate {
-	t.Helper()
-	c, k, _ := ca.issue(t, subject, false)
-	cert, err := tls.X509KeyPair(c, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &cert
 }
 
 func send(c *http.Client, method, url, body, token string) (int, string, error) {
@@ -174,7 +101,7 @@ func TestMutualTLS(t *testing.T) {
 		{Subject: "CN=billing,O=acme", Scopes: []string{"append:invoice"}},
 	}}
 	tb := startTLSBridge(t, auth, true)
-	other := newCA(t, "someone else's CA")
+	other := testenv.NewCA(t, "someone else's CA")
 	tests := []struct {
 		name      string
 		cert      *tls.Certificate
@@ -182,12 +109,12 @@ func TestMutualTLS(t *testing.T) {
 		want      int // 0: the handshake fails
 		principal string
 	}{
-		{"client cert by CN", clientCert(t, tb.clientCA, pkix.Name{CommonName: "orders", Organization: []string{"acme"}}), "/streams/order/m1/events", 200, "CN=orders,O=acme"},
-		{"client cert by subject", clientCert(t, tb.clientCA, pkix.Name{CommonName: "billing", Organization: []string{"acme"}}), "/streams/invoice/m2/events", 200, "CN=billing,O=acme"},
-		{"wrong scope", clientCert(t, tb.clientCA, pkix.Name{CommonName: "orders"}), "/streams/invoice/m3/events", 403, ""},
-		{"unlisted subject", clientCert(t, tb.clientCA, pkix.Name{CommonName: "stranger"}), "/streams/order/m4/events", 403, ""},
+		{"client cert by CN", tb.clientCA.ClientCert(t, pkix.Name{CommonName: "orders", Organization: []string{"acme"}}), "/streams/order/m1/events", 200, "CN=orders,O=acme"},
+		{"client cert by subject", tb.clientCA.ClientCert(t, pkix.Name{CommonName: "billing", Organization: []string{"acme"}}), "/streams/invoice/m2/events", 200, "CN=billing,O=acme"},
+		{"wrong scope", tb.clientCA.ClientCert(t, pkix.Name{CommonName: "orders"}), "/streams/invoice/m3/events", 403, ""},
+		{"unlisted subject", tb.clientCA.ClientCert(t, pkix.Name{CommonName: "stranger"}), "/streams/order/m4/events", 403, ""},
 		{"no client cert", nil, "/streams/order/m5/events", 0, ""},
-		{"cert of another CA", clientCert(t, other, pkix.Name{CommonName: "orders"}), "/streams/order/m6/events", 0, ""},
+		{"cert of another CA", other.ClientCert(t, pkix.Name{CommonName: "orders"}), "/streams/order/m6/events", 0, ""},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -211,7 +138,7 @@ func TestMutualTLS(t *testing.T) {
 		})
 	}
 	// /healthz needs no scope but still the TLS handshake.
-	if code, _, err := send(tb.client(t, clientCert(t, tb.clientCA, pkix.Name{CommonName: "x"})), "GET", tb.url+"/healthz", "", ""); err != nil || code != 200 {
+	if code, _, err := send(tb.client(t, tb.clientCA.ClientCert(t, pkix.Name{CommonName: "x"})), "GET", tb.url+"/healthz", "", ""); err != nil || code != 200 {
 		t.Fatalf("/healthz: %d %v", code, err)
 	}
 }
@@ -228,7 +155,7 @@ func TestTLSTokenOrCertificate(t *testing.T) {
 	if code, _, err := send(tb.client(t, nil), "POST", tb.url+"/streams/order/t1/events", newEvents("t2", 1), ""); err != nil || code != 401 {
 		t.Fatalf("neither: %d %v", code, err)
 	}
-	cert := clientCert(t, tb.clientCA, pkix.Name{CommonName: "orders"})
+	cert := tb.clientCA.ClientCert(t, pkix.Name{CommonName: "orders"})
 	if code, body, err := send(tb.client(t, cert), "POST", tb.url+"/streams/order/t1/events", newEvents("t3", 1), secretWriter); err != nil || code != 200 {
 		t.Fatalf("both: %d %s %v", code, body, err)
 	}
@@ -269,7 +196,7 @@ func TestTLSRotationBySIGHUP(t *testing.T) {
 	}
 
 	// New files, then SIGHUP: new handshakes get the new certificate.
-	c, k, after := tb.serverCA.issue(t, pkix.Name{CommonName: "bridge rotated"}, true)
+	c, k, after := tb.serverCA.Issue(t, pkix.Name{CommonName: "bridge rotated"}, true)
 	writeFile(t, tb.certFile, c)
 	writeFile(t, tb.keyFile, k)
 	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {

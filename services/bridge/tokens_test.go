@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jetsync/jetsync/pkg/httpauth"
 )
 
 func TestTokenExpiry(t *testing.T) {
@@ -33,7 +35,7 @@ func TestTokenExpiry(t *testing.T) {
 	assertNoSecretsLogged(t, e.log.String())
 
 	cfg := DefaultConfig()
-	cfg.Auth.Tokens = []TokenConfig{{Name: "a", SHA256: HashToken("a"), Scopes: []string{"admin"}, Expires: "tomorrow"}}
+	cfg.Auth.Tokens = []TokenConfig{{Name: "a", SHA256: httpauth.HashToken("a"), Scopes: []string{"admin"}, Expires: "tomorrow"}}
 	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "auth.tokens[0].expires") {
 		t.Errorf("bad expires: %v", err)
 	}
@@ -51,7 +53,7 @@ func TestTokensFileReloadOnSIGHUP(t *testing.T) {
 		}
 	}
 	entry := func(name, secret string) string {
-		return fmt.Sprintf("  - {name: %s, sha256: %s, scopes: [\"append:*\"]}\n", name, HashToken(secret))
+		return fmt.Sprintf("  - {name: %s, sha256: %s, scopes: [\"append:*\"]}\n", name, httpauth.HashToken(secret))
 	}
 	write("tokens:\n" + entry("writer", secretWriter))
 	cfg := embeddedConfig(t, dir)

@@ -383,15 +383,8 @@ func scrapeBatchSize(admin string) float64 {
 	return vals["events_applied_total"] / vals["batches_total"]
 }
 
-// engine is the sink engine with cache.Writer run inside this process.
-type engine struct {
-	eng    *sink.Engine
-	cancel context.CancelFunc
-	done   chan struct{} // closed when Run returned; err is then its result
-	err    error
-}
-
-func (b *bench) startEngine(redisAddr string, bs batchSettings) *engine {
+// startEngine runs the sink engine with cache.Writer inside this process.
+func (b *bench) startEngine(redisAddr string, bs batchSettings) *sink.Running {
 	cfg := cache.DefaultConfig()
 	if err := config.Decode([]byte(benchMappings), &cfg); err != nil {
 		b.fatalf("%v", err)
@@ -408,18 +401,7 @@ func (b *bench) startEngine(redisAddr string, bs batchSettings) *engine {
 	if err != nil {
 		b.fatalf("%v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	e := &engine{eng: eng, cancel: cancel, done: make(chan struct{})}
-	go func() { e.err = eng.Run(ctx); close(e.done) }()
-	return e
-}
-
-// stop cancels the engine and returns Run's result; it may follow a wait
-// that already saw the engine end (the result is read, not received).
-func (e *engine) stop() error {
-	e.cancel()
-	<-e.done
-	return e.err
+	return eng.Start(context.Background())
 }
 
 // engineCatchUp times the in-process engine from 0 to position n (or for
@@ -442,8 +424,8 @@ func (b *bench) engineCatchUp(ctx context.Context, redisAddr string, n int, bs b
 	var errRun error
 	at, err := b.watch.waitFor(uint64(n), limit, func() error {
 		select {
-		case <-e.done:
-			errRun = e.err
+		case <-e.Done():
+			errRun = e.Err()
 			return fmt.Errorf("engine stopped: %v", errRun)
 		default:
 			return nil
@@ -457,11 +439,11 @@ func (b *bench) engineCatchUp(ctx context.Context, redisAddr string, n int, bs b
 		res.events, res.elapsed = int(b.watch.last.Load()), time.Since(start)
 		res.note = "time-boxed"
 	}
-	st := e.eng.Stats()
+	st := e.Engine().Stats()
 	if st.Batches > 0 {
 		res.batches = float64(st.Applied) / float64(st.Batches)
 	}
-	if err := e.stop(); err != nil {
+	if err := e.Stop(time.Minute); err != nil {
 		b.fatalf("engine: %v", err)
 	}
 	res.driver = selfCPU() - cpu0
@@ -696,11 +678,11 @@ func (b *bench) engineLive(ctx context.Context, bs batchSettings, rate int, dur 
 	pending.Wait()
 	_, _ = b.watch.waitFor(b.head(ctx), 30*time.Second, nil)
 	l := summarise(samples, &b.watch.cpLog, dur)
-	st := e.eng.Stats()
+	st := e.Engine().Stats()
 	if st.Batches > 0 {
 		l.avgBatch = float64(st.Applied) / float64(st.Batches)
 	}
-	if err := e.stop(); err != nil {
+	if err := e.Stop(time.Minute); err != nil {
 		b.fatalf("engine: %v", err)
 	}
 	return l

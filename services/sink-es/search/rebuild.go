@@ -142,7 +142,7 @@ func Rebuild(ctx context.Context, cfg Config, js jetstream.JetStream, store chec
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrRebuild, err)
 	}
-	run := startEngine(ctx, eng)
+	run := eng.Start(ctx)
 	cleanup.engine = run
 
 	head := func() (uint64, error) { return lastPosition(ctx, stream, cfg.Filters, cfg.Retry, log) }
@@ -213,7 +213,7 @@ func Rebuild(ctx context.Context, cfg Config, js jetstream.JetStream, store chec
 
 	// 4. Stop the rebuild, drop the old indices.
 	res.Events = eng.Stats().Applied
-	if err := run.stop(cleanup.stopWait); err != nil {
+	if err := run.Stop(cleanup.stopWait); err != nil {
 		log.Warn("rebuild engine stopped with an error after the swap", "err", err)
 	}
 	if keepOld {
@@ -241,51 +241,13 @@ func rebuildAliases(cfg *Config) ([]string, error) {
 	return sortedKeys(seen), nil
 }
 
-// engineRun is the rebuild's engine, running in a goroutine. Run's result
-// is received once, by that goroutine, and kept: waitCheckpoint and stop
-// may both look at it, in any order and as often as they like. (Receiving
-// it from a channel in both hung a rebuild whose engine had stopped by
-// itself: the second receive never returned.)
-type engineRun struct {
-	eng    *sink.Engine
-	cancel context.CancelFunc
-	done   chan struct{} // closed when Run has returned
-	err    error         // what Run returned, once done is closed
-}
-
-// startEngine runs eng until stop; ctx's values are kept, its cancellation
-// is not (stop decides when the engine ends).
-func startEngine(ctx context.Context, eng *sink.Engine) *engineRun {
-	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	r := &engineRun{eng: eng, cancel: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(r.done)
-		r.err = eng.Run(ctx)
-	}()
-	return r
-}
-
-// stop cancels the engine and returns what Run returned, waiting at most
-// timeout; it may be called again, and after Run returned by itself.
-func (r *engineRun) stop(timeout time.Duration) error {
-	r.cancel()
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case <-r.done:
-		return r.err
-	case <-t.C:
-		return fmt.Errorf("the rebuild's engine did not stop within %s of cancellation (state %s)", timeout, r.eng.Stats().State)
-	}
-}
-
 // waitCheckpoint polls until the engine has applied pos, logging progress.
-func waitCheckpoint(ctx context.Context, run *engineRun, pos uint64, every time.Duration, log *slog.Logger) error {
+func waitCheckpoint(ctx context.Context, run *sink.Running, pos uint64, every time.Duration, log *slog.Logger) error {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	lastLog := time.Now()
 	for {
-		st := run.eng.Stats()
+		st := run.Engine().Stats()
 		if st.Checkpoint >= pos {
 			return nil
 		}
@@ -300,14 +262,14 @@ func waitCheckpoint(ctx context.Context, run *engineRun, pos uint64, every time.
 			halted = time.After(time.Second)
 		}
 		select {
-		case <-run.done:
-			err := run.err
+		case <-run.Done():
+			err := run.Err()
 			if err == nil {
 				err = errors.New("stopped")
 			}
-			return fmt.Errorf("%w: the rebuild's sink stopped at %d before reaching %d: %w", ErrRebuild, run.eng.Stats().Checkpoint, pos, err)
+			return fmt.Errorf("%w: the rebuild's sink stopped at %d before reaching %d: %w", ErrRebuild, run.Engine().Stats().Checkpoint, pos, err)
 		case <-halted:
-			st := run.eng.Stats()
+			st := run.Engine().Stats()
 			return fmt.Errorf("%w: the rebuild's sink stopped at %d before reaching %d: %w: %s", ErrRebuild, st.Checkpoint, pos, sink.ErrStopped, st.LastError)
 		case <-ctx.Done():
 			return fmt.Errorf("%w: %w", ErrRebuild, ctx.Err())
@@ -353,9 +315,9 @@ type rebuildCleanup struct {
 	keepFailed bool
 	stopWait   time.Duration // how long the engine may take to stop
 
-	engine  *engineRun // nil until started
-	created []string   // new indices
-	blocked []string   // old indices with a write block
+	engine  *sink.Running // nil until started
+	created []string      // new indices
+	blocked []string      // old indices with a write block
 	swapped bool
 }
 
@@ -365,7 +327,7 @@ func (c *rebuildCleanup) run(parent context.Context, failure error) error {
 	if c.engine != nil && !c.swapped { // after the swap, Rebuild stopped it
 		// An engine that stopped by itself returns its error again here;
 		// failure already holds it then.
-		if err := c.engine.stop(c.stopWait); err != nil && !errors.Is(failure, err) {
+		if err := c.engine.Stop(c.stopWait); err != nil && !errors.Is(failure, err) {
 			c.log.Warn("the rebuild's engine stopped with an error", "err", err)
 		}
 	}

@@ -204,7 +204,7 @@ func Rebuild(ctx context.Context, cfg Config, js jetstream.JetStream, log *slog.
 	for _, t := range tables {
 		log.Info("rebuilding", "table", t, "into", shadow[t])
 	}
-	run := startEngine(ctx, eng)
+	run := eng.Start(ctx)
 	cleanup.engine = run
 
 	var stream jetstream.Stream // for the head, read when needed
@@ -258,7 +258,7 @@ func Rebuild(ctx context.Context, cfg Config, js jetstream.JetStream, log *slog.
 	cleanup.swapped = true
 	res.Through, res.Locked = sw.through, sw.locked
 	res.Events = gate.events.Load()
-	if err := run.stop(cleanup.stopWait); err != nil && !errors.Is(err, context.Canceled) {
+	if err := run.Stop(cleanup.stopWait); err != nil && !errors.Is(err, context.Canceled) {
 		log.Warn("the rebuild's engine stopped with an error after the swap", "err", err)
 	}
 	for _, t := range tables {
@@ -443,7 +443,7 @@ type swapper struct {
 	tables      []string
 	shadow, old map[string]string
 	gate        *gate
-	run         *engineRun
+	run         *sink.Running
 	head        func() (uint64, error)
 	log         *slog.Logger
 	opts        RebuildOptions
@@ -523,46 +523,10 @@ func (s *swapper) swap(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
-// engineRun is the rebuild's engine, running in a goroutine. Run's result
-// is received once, by that goroutine, and kept, so that waitShadow and
-// stop may both look at it, in any order and as often as they like.
-type engineRun struct {
-	eng    *sink.Engine
-	cancel context.CancelFunc
-	done   chan struct{} // closed when Run has returned
-	err    error         // what Run returned, once done is closed
-}
-
-// startEngine runs eng until stop; ctx's values are kept, its cancellation
-// is not (stop decides when the engine ends).
-func startEngine(ctx context.Context, eng *sink.Engine) *engineRun {
-	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	r := &engineRun{eng: eng, cancel: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(r.done)
-		r.err = eng.Run(ctx)
-	}()
-	return r
-}
-
-// stop cancels the engine and returns what Run returned, waiting at most
-// timeout; it may be called again, and after Run returned by itself.
-func (r *engineRun) stop(timeout time.Duration) error {
-	r.cancel()
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case <-r.done:
-		return r.err
-	case <-t.C:
-		return fmt.Errorf("the rebuild's engine did not stop within %s of cancellation (state %s)", timeout, r.eng.Stats().State)
-	}
-}
-
 // waitShadow polls until the shadow tables hold everything up to pos: the
 // rebuild's checkpoint is at pos, or past the last event of the sink's
 // filters (nothing more to write before pos).
-func waitShadow(ctx context.Context, run *engineRun, g *gate, pos uint64, head func() (uint64, error), every time.Duration, log *slog.Logger) error {
+func waitShadow(ctx context.Context, run *sink.Running, g *gate, pos uint64, head func() (uint64, error), every time.Duration, log *slog.Logger) error {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	lastLog, lastHead := time.Now(), time.Now()
@@ -577,7 +541,7 @@ func waitShadow(ctx context.Context, run *engineRun, g *gate, pos uint64, head f
 				return nil
 			}
 		}
-		st := run.eng.Stats()
+		st := run.Engine().Stats()
 		if time.Since(lastLog) >= 2*time.Second {
 			log.Info("rebuild progress", "checkpoint", a, "live_checkpoint", pos, "state", st.State, "last_error", st.LastError)
 			lastLog = time.Now()
@@ -589,14 +553,14 @@ func waitShadow(ctx context.Context, run *engineRun, g *gate, pos uint64, head f
 			halted = time.After(time.Second)
 		}
 		select {
-		case <-run.done:
-			err := run.err
+		case <-run.Done():
+			err := run.Err()
 			if err == nil {
 				err = errors.New("stopped")
 			}
 			return fmt.Errorf("%w: the rebuild's sink stopped at %d before reaching %d: %w", ErrRebuild, g.applied(), pos, err)
 		case <-halted:
-			return fmt.Errorf("%w: the rebuild's sink stopped at %d before reaching %d: %w: %s", ErrRebuild, g.applied(), pos, sink.ErrStopped, run.eng.Stats().LastError)
+			return fmt.Errorf("%w: the rebuild's sink stopped at %d before reaching %d: %w: %s", ErrRebuild, g.applied(), pos, sink.ErrStopped, run.Engine().Stats().LastError)
 		case <-ctx.Done():
 			return fmt.Errorf("%w: at %d of %d: %w", ErrRebuild, g.applied(), pos, ctx.Err())
 		case <-t.C:
@@ -615,7 +579,7 @@ type rebuildCleanup struct {
 	stopWait   time.Duration
 	shadows    []string
 
-	engine  *engineRun // nil until started
+	engine  *sink.Running // nil until started
 	swapped bool
 }
 
@@ -645,7 +609,7 @@ func (c *rebuildCleanup) run(parent context.Context, failure error) error {
 		return failure
 	}
 	if c.engine != nil {
-		if err := c.engine.stop(c.stopWait); err != nil && !errors.Is(failure, err) && !errors.Is(err, context.Canceled) {
+		if err := c.engine.Stop(c.stopWait); err != nil && !errors.Is(failure, err) && !errors.Is(err, context.Canceled) {
 			c.log.Warn("the rebuild's engine stopped with an error", "err", err)
 		}
 	}
