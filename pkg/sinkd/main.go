@@ -3,11 +3,14 @@ package sinkd
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/jetsync/jetsync/pkg/config"
@@ -57,4 +60,31 @@ func Serve(cfg sink.Config, w sink.Writer, log *slog.Logger, opts ...Option) int
 		return ExitFailed
 	}
 	return ExitOK
+}
+
+// Command parses a sink's command line into fs: a command word, one of
+// cmds (the first is the default), before or after the flags (the image's
+// ENTRYPOINT puts -config first, so `docker compose run SINK rebuild` puts
+// the word last). ok is false after a bad line, usage printed: exit 2.
+func Command(fs *flag.FlagSet, args []string, usage string, cmds ...string) (cmd string, ok bool) {
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		return "", false
+	}
+	if cmd == "" && fs.NArg() > 0 {
+		cmd = fs.Arg(0)
+		if err := fs.Parse(fs.Args()[1:]); err != nil {
+			return "", false
+		}
+	}
+	if cmd == "" {
+		cmd = cmds[0]
+	}
+	if !slices.Contains(cmds, cmd) || fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "%s: unexpected %q\n%s\n", fs.Name(), strings.Join(append([]string{cmd}, fs.Args()...), " "), usage)
+		return "", false
+	}
+	return cmd, true
 }

@@ -18,7 +18,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -42,29 +41,13 @@ const usage = `usage: sink-es [run] -config FILE
 docker compose run sink-es rebuild)`
 
 func run(args []string) int {
-	cmd := ""
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		cmd, args = args[0], args[1:]
-	}
 	fs := flag.NewFlagSet("sink-es", flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprintln(os.Stderr, usage); fs.PrintDefaults() }
 	path := fs.String("config", "", "YAML config file; JETSYNC_* environment variables override it (e.g. JETSYNC_ELASTICSEARCH_PASSWORD)")
 	keepOld := fs.Bool("keep-old", false, "rebuild: keep the old indices (read-only) instead of deleting them; overrides rebuild.keep_old")
 	keepFailed := fs.Bool("keep-failed", false, "rebuild: if it fails before the swap, keep the unfinished new indices (for inspection) instead of deleting them")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if cmd == "" && fs.NArg() > 0 { // the image's ENTRYPOINT puts -config first
-		cmd = fs.Arg(0)
-		if err := fs.Parse(fs.Args()[1:]); err != nil {
-			return 2
-		}
-	}
-	if cmd == "" {
-		cmd = "run"
-	}
-	if (cmd != "run" && cmd != "rebuild") || fs.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "sink-es: unexpected %q\n%s\n", strings.Join(append([]string{cmd}, fs.Args()...), " "), usage)
+	cmd, ok := sinkd.Command(fs, args, usage, "run", "rebuild")
+	if !ok {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))

@@ -21,7 +21,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -44,30 +43,14 @@ const usage = `usage: sink-postgres [run] -config FILE
 in docker compose run sink-postgres rebuild)`
 
 func run(ctx context.Context, args []string) int {
-	cmd := ""
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		cmd, args = args[0], args[1:]
-	}
 	fs := flag.NewFlagSet("sink-postgres", flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprintln(os.Stderr, usage); fs.PrintDefaults() }
 	path := fs.String("config", "", "YAML config file; JETSYNC_* environment variables override it (e.g. JETSYNC_POSTGRES_URL)")
 	keepFailed := fs.Bool("keep-failed", false, "rebuild: if it fails, keep the shadow tables (for inspection) instead of dropping them")
 	swapWait := fs.Duration("swap-wait", 10*time.Second, "rebuild: how long the swap may hold the live sink's checkpoint row for the shadow tables to reach it")
 	timeout := fs.Duration("timeout", 0, "rebuild: give up after this long (0: no limit)")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if cmd == "" && fs.NArg() > 0 { // the image's ENTRYPOINT puts -config first
-		cmd = fs.Arg(0)
-		if err := fs.Parse(fs.Args()[1:]); err != nil {
-			return 2
-		}
-	}
-	if cmd == "" {
-		cmd = "run"
-	}
-	if (cmd != "run" && cmd != "rebuild") || fs.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "sink-postgres: unexpected %q\n%s\n", strings.Join(append([]string{cmd}, fs.Args()...), " "), usage)
+	cmd, ok := sinkd.Command(fs, args, usage, "run", "rebuild")
+	if !ok {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
