@@ -403,6 +403,11 @@ func TestElasticsearchRebuildCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, 60*time.Second, func() bool { return s.checkpoint() >= w.head() }, "sink-es never caught up")
+	// The live index must be searchable before the reads start: its first
+	// periodic refresh (1s) may not have come yet when the sink caught up
+	// quickly, and a read then sees an empty index that the rebuild did not
+	// cause.
+	testenv.Eventually(t, 10*time.Second, func() bool { n, err := s.count(); return err == nil && n > 0 }, "the live index never became searchable")
 	before := s.aliasIndex(t)
 
 	var reads, failures, empty int
