@@ -22,8 +22,9 @@ var ErrProjection = errors.New("projection failed")
 // Projection is a compiled jq expression run on the envelope object
 // {id, streamId, category, type, version, time, position, data, metadata}.
 type Projection struct {
-	expr string
-	code *gojq.Code
+	expr   string
+	code   *gojq.Code
+	direct *direct // nil unless the expression is simple enough (see direct)
 }
 
 // CompileProjection parses and compiles expr. The environment is hidden
@@ -37,21 +38,45 @@ func CompileProjection(expr string) (*Projection, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%q does not compile: %v", expr, err)
 	}
-	return &Projection{expr: expr, code: code}, nil
+	return &Projection{expr: expr, code: code, direct: compileDirect(q)}, nil
 }
 
 // String is the expression as written.
 func (p *Projection) String() string { return p.expr }
 
-// Run projects ev and wants exactly one value back. obj, when not nil, is
-// ev's envelope object already built (several projections of one event
-// share it); see EnvelopeObject.
-func (p *Projection) Run(ctx context.Context, ev *envelope.Event, obj map[string]any) (any, error) {
-	if obj == nil {
-		var err error
-		if obj, err = EnvelopeObject(ev); err != nil {
-			return nil, err
+// Input is one event as its projections see it. The envelope object
+// (EnvelopeObject) is built when the first projection that needs all of it
+// runs, and shared by the event's other projections; a direct projection
+// does not need it.
+type Input struct {
+	Event *envelope.Event
+	obj   map[string]any
+	err   error
+	built bool
+}
+
+// NewInput is ev as projections see it.
+func NewInput(ev *envelope.Event) *Input { return &Input{Event: ev} }
+
+// Object is the envelope object, built on the first call.
+func (in *Input) Object() (map[string]any, error) {
+	if !in.built {
+		in.obj, in.err = EnvelopeObject(in.Event)
+		in.built = true
+	}
+	return in.obj, in.err
+}
+
+// Run projects the event and wants exactly one value back.
+func (p *Projection) Run(ctx context.Context, in *Input) (any, error) {
+	if p.direct != nil {
+		if v, ok := p.direct.eval(in.Event); ok {
+			return v, nil
 		}
+	}
+	obj, err := in.Object()
+	if err != nil {
+		return nil, err
 	}
 	return p.RunValue(ctx, obj)
 }

@@ -18,7 +18,7 @@ func TestProjection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := p.Run(context.Background(), ev, nil)
+	out, err := p.Run(context.Background(), NewInput(ev))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +36,7 @@ func TestProjection(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := p.Run(context.Background(), ev, nil); !errors.Is(err, ErrProjection) || !strings.Contains(err.Error(), msg) {
+		if _, err := p.Run(context.Background(), NewInput(ev)); !errors.Is(err, ErrProjection) || !strings.Contains(err.Error(), msg) {
 			t.Errorf("%s: %v, want ErrProjection mentioning %q", expr, err, msg)
 		}
 	}
@@ -46,7 +46,7 @@ func TestProjection(t *testing.T) {
 		}
 	}
 	p, _ = CompileProjection(`$ENV | length`)
-	if out, err := p.Run(context.Background(), ev, nil); err != nil || out != 0 {
+	if out, err := p.Run(context.Background(), NewInput(ev)); err != nil || out != 0 {
 		t.Fatalf("the environment must be hidden from projections: %v %v", out, err)
 	}
 }
@@ -57,7 +57,7 @@ func BenchmarkProjection(b *testing.B) {
 	p, _ := CompileProjection(`{customer: .data.customer, total: .data.total, items: (.data.lines | map(.qty) | add), at: .position}`)
 	b.ReportAllocs()
 	for b.Loop() {
-		out, err := p.Run(context.Background(), ev, nil)
+		out, err := p.Run(context.Background(), NewInput(ev))
 		if err != nil {
 			b.Fatal(err)
 		}

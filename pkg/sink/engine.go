@@ -582,6 +582,11 @@ func (e *Engine) giveUp(ctx context.Context, dl DeadLetter) error {
 // checkpoint after each one that succeeded. Redeliveries are written
 // between two batches.
 func (e *Engine) writeLoop(ctx context.Context, batches <-chan *Batch) error {
+	if p, ok := e.w.(Preparer); ok {
+		stop := make(chan struct{})
+		defer close(stop)
+		batches = prepareAhead(ctx, batches, p, stop)
+	}
 	for {
 		select {
 		case b, ok := <-batches:
@@ -595,6 +600,35 @@ func (e *Engine) writeLoop(ctx context.Context, batches <-chan *Batch) error {
 			r.done <- e.serve(r)
 		}
 	}
+}
+
+// prepareAhead prepares each batch from in on its own goroutine and hands
+// it on, one batch ahead of the writer: the next batch is prepared while the
+// current one is written. It ends when in closes or stop does.
+func prepareAhead(ctx context.Context, in <-chan *Batch, p Preparer, stop <-chan struct{}) <-chan *Batch {
+	out := make(chan *Batch)
+	go func() {
+		defer close(out)
+		for {
+			var b *Batch
+			select {
+			case bb, ok := <-in:
+				if !ok {
+					return
+				}
+				b = bb
+			case <-stop:
+				return
+			}
+			b.Prepared = p.Prepare(ctx, b)
+			select {
+			case out <- b:
+			case <-stop:
+				return
+			}
+		}
+	}()
+	return out
 }
 
 // redeliver writes dead letters again; transient errors are retried until

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/jetsync/jetsync/pkg/sink"
@@ -47,6 +48,69 @@ func (m *memWriter) WriteBatch(_ context.Context, b *sink.Batch) error {
 }
 
 func TestEngineConformanceInMemory(t *testing.T) {
+	runMemConformance(t, func(w *memWriter) sink.Writer { return w })
+}
+
+// prepWriter is a memWriter that prepares batches (sink.Preparer). What
+// Prepare returns must reach WriteBatch with exactly the batch it was made
+// for, or not at all.
+type prepWriter struct {
+	*memWriter
+	t                  *testing.T
+	prepared, received atomic.Int64
+}
+
+// batchPrint identifies a batch's events.
+type batchPrint struct {
+	n           int
+	first, last uint64
+}
+
+func printOf(b *sink.Batch) batchPrint {
+	if len(b.Events) == 0 {
+		return batchPrint{}
+	}
+	return batchPrint{len(b.Events), b.Events[0].Position, b.Events[len(b.Events)-1].Position}
+}
+
+func (p *prepWriter) Prepare(_ context.Context, b *sink.Batch) any {
+	p.prepared.Add(1)
+	return printOf(b)
+}
+
+func (p *prepWriter) WriteBatch(ctx context.Context, b *sink.Batch) error {
+	if b.Prepared != nil {
+		if b.Prepared != any(printOf(b)) {
+			p.t.Errorf("batch %+v arrived with what was prepared for %+v", printOf(b), b.Prepared)
+		}
+		p.received.Add(1)
+	}
+	return p.memWriter.WriteBatch(ctx, b)
+}
+
+// TestEngineConformanceInMemoryPrepared runs the suite with the prepare
+// stage: nothing lost, reordered or applied twice with a batch prepared
+// while another is written.
+func TestEngineConformanceInMemoryPrepared(t *testing.T) {
+	var all []*prepWriter
+	var mu sync.Mutex
+	runMemConformance(t, func(w *memWriter) sink.Writer {
+		p := &prepWriter{memWriter: w, t: t}
+		mu.Lock()
+		all = append(all, p)
+		mu.Unlock()
+		return p
+	})
+	var prepared, received int64
+	for _, p := range all {
+		prepared, received = prepared+p.prepared.Load(), received+p.received.Load()
+	}
+	if prepared == 0 || received == 0 {
+		t.Fatalf("%d batches prepared, %d written with what was prepared: the engine does not use Preparer", prepared, received)
+	}
+}
+
+func runMemConformance(t *testing.T, wrap func(*memWriter) sink.Writer) {
 	targets := map[string]*memWriter{}
 	var mu sync.Mutex
 	get := func(name string) *memWriter {
@@ -64,7 +128,7 @@ func TestEngineConformanceInMemory(t *testing.T) {
 			mu.Lock()
 			all = append(all, w)
 			mu.Unlock()
-			return w
+			return wrap(w)
 		},
 		State: func(t *testing.T, name string) map[string]string {
 			w := get(name)

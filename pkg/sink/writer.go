@@ -40,6 +40,21 @@ type CheckpointResetter interface {
 	ResetCheckpoint(ctx context.Context, pos uint64) error
 }
 
+// Preparer is implemented by a writer whose work on a batch splits into
+// turning events into the target's commands, which needs only the CPU, and
+// the write, which mostly waits for the target. The engine prepares the next
+// batch on its own goroutine while the current one is written, so the two
+// overlap (sink-postgres spends about a third of a batch's time preparing
+// it; BENCHMARKS.md). Prepare must not touch the target or the writer's
+// checkpoint; what it returns reaches WriteBatch as Batch.Prepared, which
+// WriteBatch must check is still valid (e.g. the mappings were not
+// reloaded since) and otherwise ignore. Batch.Prepared is nil for a batch
+// the engine made or changed after Prepare (a retry of some of its events,
+// parked streams taken out, dead letters re-applied).
+type Preparer interface {
+	Prepare(ctx context.Context, b *Batch) any
+}
+
 // Pinger is implemented by writers that can tell whether their target is
 // reachable right now without writing; /readyz uses it.
 type Pinger interface {
@@ -59,6 +74,9 @@ type Batch struct {
 	// (jetsyncctl dlq retry): apply the events as they are, in order, and
 	// leave the checkpoint alone (Through is 0).
 	Redelivery bool
+	// Prepared is what the writer's Prepare returned for exactly this
+	// batch (see Preparer), or nil.
+	Prepared any
 
 	// refused are messages within the batch that are not events, for the
 	// write loop to dead-letter (and park their streams) before writing it

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"syscall"
@@ -44,6 +45,14 @@ func Serve(cfg sink.Config, w sink.Writer, log *slog.Logger, opts ...Option) int
 		// ~20 MB of it for fewer collections cut its CPU by a fifth in the
 		// benchmarks (BENCHMARKS.md). GOGC in the environment overrides.
 		debug.SetGCPercent(400)
+	}
+	// A CPU profile of the process until it stops, for benchmarks
+	// (BENCHMARKS.md, "Profile").
+	if path := os.Getenv("JETSYNC_CPUPROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil {
+			_ = pprof.StartCPUProfile(f)
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -140,7 +140,7 @@ func main() {
 	abBin := flag.String("ab", "", "A/B: also run this sink binary (or, with -ab-env, the same one) in each catch-up repetition, alternating")
 	abEnv := flag.String("ab-env", "", "A/B: extra environment for the B sink")
 	flag.StringVar(&b.sinkEnv, "sink-env", "", "extra environment for the sink process, e.g. GOGC=400")
-	flag.StringVar(&b.sinkBin, "sink-bin", "", "run this binary in place of sink-cache (e.g. bench/cmd/sinkprof for a profile)")
+	flag.StringVar(&b.sinkBin, "sink-bin", "", "run this binary in place of sink-cache (an A/B build; for a profile set JETSYNC_CPUPROFILE=FILE instead)")
 	keep := flag.Bool("keep", false, "keep the temp dir (NATS store, configs, NDJSON)")
 	outFile := flag.String("o", "", "also write the report to this file")
 	phaseList := flag.String("phases", "ingest,catchup,latency,mem,sweep,live,append,appends", "what to run, comma-separated; es and kinesis take part in catchup and live, the other phases are cache's, but appends, which measures the bridge alone")

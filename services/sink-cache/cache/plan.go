@@ -57,11 +57,11 @@ func (pl *plan) build(ctx context.Context, events []envelope.Event) ([]command, 
 			continue
 		}
 		start := len(cmds)
-		var env map[string]any // the envelope object, built once for the event's projections
+		in := mapping.NewInput(ev) // shared by the event's projections
 		for ai := range acts {
 			a := &acts[ai]
 			var err error
-			if cmds, err = a.commands(ctx, cmds, ev, &env); err != nil {
+			if cmds, err = a.commands(ctx, cmds, in); err != nil {
 				if ctx.Err() != nil {
 					return nil, nil, ctx.Err()
 				}
@@ -75,17 +75,11 @@ func (pl *plan) build(ctx context.Context, events []envelope.Event) ([]command, 
 }
 
 // commands appends the commands of one action for ev.
-func (a *action) commands(ctx context.Context, out []command, ev *envelope.Event, env *map[string]any) ([]command, error) {
+func (a *action) commands(ctx context.Context, out []command, in *mapping.Input) ([]command, error) {
+	ev := in.Event
 	var projected any
 	if a.project != nil {
-		if *env == nil {
-			m, err := mapping.EnvelopeObject(ev)
-			if err != nil {
-				return out, fmt.Errorf("%s.project at position %d: %w", a.where, ev.Position, err)
-			}
-			*env = m
-		}
-		v, err := a.project.RunValue(ctx, *env)
+		v, err := a.project.Run(ctx, in)
 		if err != nil {
 			return out, fmt.Errorf("%s.project at position %d: %w", a.where, ev.Position, err)
 		}

@@ -163,8 +163,7 @@ func BenchmarkProjection(b *testing.B) {
 			a := &pl.byType[typ][0]
 			b.ReportAllocs()
 			for b.Loop() {
-				var env map[string]any
-				if _, _, o, err := pl.op(ctx, a, &e, 0, &env); err != nil || len(o.data) == 0 {
+				if _, _, o, err := pl.op(ctx, a, mapping.NewInput(&e), 0); err != nil || len(o.data) == 0 {
 					b.Fatal(err)
 				}
 			}

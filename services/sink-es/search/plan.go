@@ -108,10 +108,10 @@ func (pl *planner) build(ctx context.Context, events []envelope.Event) ([]*chain
 			}
 			continue
 		}
-		var env map[string]any // the envelope object, built once for the event's projections
+		in := mapping.NewInput(ev) // shared by the event's projections
 		for ai := range acts {
 			a := &acts[ai]
-			key, alias, o, err := pl.op(ctx, a, ev, i, &env)
+			key, alias, o, err := pl.op(ctx, a, in, i)
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil, nil, ctx.Err()
@@ -132,7 +132,8 @@ func (pl *planner) build(ctx context.Context, events []envelope.Event) ([]*chain
 }
 
 // op computes one action's op for ev and the document it targets.
-func (pl *planner) op(ctx context.Context, a *action, ev *envelope.Event, i int, env *map[string]any) (docKey, bool, op, error) {
+func (pl *planner) op(ctx context.Context, a *action, in *mapping.Input, i int) (docKey, bool, op, error) {
+	ev := in.Event
 	index, alias := a.index.Render(ev), a.alias
 	if !alias {
 		if err := validIndexName(index, false); err != nil {
@@ -152,7 +153,7 @@ func (pl *planner) op(ctx context.Context, a *action, ev *envelope.Event, i int,
 	case opIndex, opMerge:
 		data := []byte(ev.Data)
 		if a.project != nil {
-			if data, err = project(ctx, a.project, ev, env); err != nil {
+			if data, err = project(ctx, a.project, in); err != nil {
 				return docKey{}, false, op{}, fmt.Errorf("%s.project at position %d: %w", a.where, ev.Position, err)
 			}
 		}
@@ -160,7 +161,7 @@ func (pl *planner) op(ctx context.Context, a *action, ev *envelope.Event, i int,
 			return docKey{}, false, op{}, fmt.Errorf("%s (action %s) at position %d: %w", a.where, a.kind, ev.Position, err)
 		}
 	case opScript:
-		if o.data, err = pl.scriptBody(ctx, a, ev, env); err != nil {
+		if o.data, err = pl.scriptBody(ctx, a, in); err != nil {
 			return docKey{}, false, op{}, fmt.Errorf("%s at position %d: %w", a.where, ev.Position, err)
 		}
 	}
@@ -190,13 +191,14 @@ func objectLine(data []byte, validate bool) ([]byte, error) {
 
 // scriptBody is the update body of a script action: the user's painless
 // source inside the position guard, the event as params.
-func (pl *planner) scriptBody(ctx context.Context, a *action, ev *envelope.Event, env *map[string]any) ([]byte, error) {
-	if err := envelopeOf(ev, env); err != nil {
+func (pl *planner) scriptBody(ctx context.Context, a *action, in *mapping.Input) ([]byte, error) {
+	env, err := in.Object()
+	if err != nil {
 		return nil, err
 	}
-	params := map[string]any{"position": ev.Position, "event": *env}
+	params := map[string]any{"position": in.Event.Position, "event": env}
 	if a.project != nil {
-		doc, err := project(ctx, a.project, ev, env)
+		doc, err := project(ctx, a.project, in)
 		if err != nil {
 			return nil, err
 		}
@@ -217,25 +219,9 @@ func guardScript(pf, user string) string {
 		user + "\n;\nif (ctx.op != 'noop' && ctx.op != 'delete') { " + f + " = params.position; } }"
 }
 
-// envelopeOf builds ev's envelope object into *env unless it is there.
-func envelopeOf(ev *envelope.Event, env *map[string]any) error {
-	if *env != nil {
-		return nil
-	}
-	m, err := mapping.EnvelopeObject(ev)
-	if err != nil {
-		return err
-	}
-	*env = m
-	return nil
-}
-
 // project runs a projection on ev and returns its output as JSON.
-func project(ctx context.Context, p *mapping.Projection, ev *envelope.Event, env *map[string]any) ([]byte, error) {
-	if err := envelopeOf(ev, env); err != nil {
-		return nil, err
-	}
-	v, err := p.Run(ctx, ev, *env)
+func project(ctx context.Context, p *mapping.Projection, in *mapping.Input) ([]byte, error) {
+	v, err := p.Run(ctx, in)
 	if err != nil {
 		return nil, err
 	}

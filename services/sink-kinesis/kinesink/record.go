@@ -96,11 +96,7 @@ func EnvelopeJSON(ev *envelope.Event) ([]byte, error) {
 
 // projected runs the projection and adds the position to its output.
 func (m *recordMaker) projected(ctx context.Context, ev *envelope.Event) ([]byte, error) {
-	env, err := mapping.EnvelopeObject(ev)
-	if err != nil {
-		return nil, fmt.Errorf("kinesis.project at position %d: %w", ev.Position, err)
-	}
-	v, err := m.project.RunValue(ctx, env)
+	v, err := m.project.Run(ctx, mapping.NewInput(ev))
 	if err != nil {
 		return nil, fmt.Errorf("kinesis.project at position %d: %w", ev.Position, err)
 	}

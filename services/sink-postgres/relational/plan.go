@@ -85,17 +85,11 @@ func buildOps(ctx context.Context, b *sink.Batch, maps map[string][]action, unkn
 }
 
 func eventOps(ctx context.Context, ev *envelope.Event, acts []action, columns func(string) map[string]bool) ([]rowOp, error) {
-	var obj map[string]any
+	in := mapping.NewInput(ev) // shared by the event's projections
 	out := make([]rowOp, 0, len(acts))
 	for _, a := range acts {
 		if a.raw != nil {
-			if obj == nil {
-				var err error
-				if obj, err = mapping.EnvelopeObject(ev); err != nil {
-					return nil, fmt.Errorf("%s: %w", a.where, err)
-				}
-			}
-			op, err := rawOp(ctx, ev, a, obj)
+			op, err := rawOp(ctx, a, in)
 			if err != nil {
 				return nil, err
 			}
@@ -107,18 +101,7 @@ func eventOps(ctx context.Context, ev *envelope.Event, acts []action, columns fu
 			op.key[i] = t.Render(ev)
 		}
 		if a.op != ActionDelete {
-			var v any
-			var err error
-			if obj == nil {
-				if obj, err = mapping.EnvelopeObject(ev); err != nil {
-					return nil, fmt.Errorf("%s: %w", a.where, err)
-				}
-			}
-			if a.project != nil {
-				v, err = a.project.Run(ctx, ev, obj)
-			} else {
-				v = obj["data"]
-			}
+			v, err := projectOrData(ctx, a.project, in)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", a.where, err)
 			}
@@ -302,4 +285,16 @@ func row(f *folded, cols []string) stmtRow {
 		r.vals[i] = f.cols[c]
 	}
 	return r
+}
+
+// projectOrData is p's output for the event, or its data without p.
+func projectOrData(ctx context.Context, p *mapping.Projection, in *mapping.Input) (any, error) {
+	if p != nil {
+		return p.Run(ctx, in)
+	}
+	obj, err := in.Object()
+	if err != nil {
+		return nil, err
+	}
+	return obj["data"], nil
 }

@@ -12,7 +12,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/jetsync/jetsync/pkg/config"
-	"github.com/jetsync/jetsync/pkg/envelope"
 	"github.com/jetsync/jetsync/pkg/mapping"
 	"github.com/jetsync/jetsync/pkg/sink"
 )
@@ -209,13 +208,11 @@ func rewriteParams(sql string) (string, []string, error) {
 
 // rawOp maps one event through a raw SQL action: its parameters, as the
 // text PostgreSQL casts to each parameter's type (nil is NULL).
-func rawOp(ctx context.Context, ev *envelope.Event, a action, obj map[string]any) (rowOp, error) {
-	var v any = obj["data"]
-	if a.raw.params != nil {
-		var err error
-		if v, err = a.raw.params.Run(ctx, ev, obj); err != nil {
-			return rowOp{}, fmt.Errorf("%s.params: %w", a.where, err)
-		}
+func rawOp(ctx context.Context, a action, in *mapping.Input) (rowOp, error) {
+	ev := in.Event
+	v, err := projectOrData(ctx, a.raw.params, in)
+	if err != nil {
+		return rowOp{}, fmt.Errorf("%s.params: %w", a.where, err)
 	}
 	m, ok := v.(map[string]any)
 	if !ok {

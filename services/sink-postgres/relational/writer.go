@@ -40,6 +40,8 @@ type Writer struct {
 	// cols holds, per table the mappings write, its columns and their SQL
 	// types (format_type), read at Connect.
 	cols map[string]map[string]string
+	// known is cols without _position, as sets: what a row may write.
+	known map[string]map[string]bool
 
 	// last is the checkpoint this process last read or wrote. Finding
 	// another value in the checkpoint row means a second instance.
@@ -52,6 +54,7 @@ var (
 	_ sink.CheckpointWriter   = (*Writer)(nil)
 	_ sink.CheckpointResetter = (*Writer)(nil)
 	_ sink.Pinger             = (*Writer)(nil)
+	_ sink.Preparer           = (*Writer)(nil)
 )
 
 // NewWriter validates cfg and compiles its mappings; it connects nothing.
@@ -93,7 +96,7 @@ func (w *Writer) Connect(ctx context.Context) error {
 		pool.Close()
 		return err
 	}
-	w.pool, w.cols = pool, cols
+	w.pool, w.cols, w.known = pool, cols, writable(cols)
 	return nil
 }
 
@@ -253,6 +256,35 @@ func (w *Writer) lockCheckpoint(ctx context.Context, tx pgx.Tx) error {
 	return nil
 }
 
+// checkCheckpoint starts every batch: it locks the sink's checkpoint row
+// until the batch commits (a second instance waits for it, then fails) and
+// fails unless the row holds $2, what this process last read or wrote. The
+// failure must abort the batch's transaction, and plain SQL has no RAISE:
+// dividing by zero does it (isCheckFailure), and checkpointMoved then says
+// what the row held.
+const checkCheckpoint = `SELECT 1 / (CASE WHEN (SELECT position FROM ` + CheckpointTable + ` WHERE sink = $1 FOR UPDATE) = $2 THEN 1 ELSE 0 END)`
+
+// isCheckFailure tells checkCheckpoint's failure.
+func isCheckFailure(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "22012" // division_by_zero
+}
+
+// checkpointMoved is the error for a checkpoint row that did not hold what
+// this process last wrote (see lockCheckpoint).
+func (w *Writer) checkpointMoved(ctx context.Context, pool *pgxpool.Pool) error {
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return classify(err, "beginning the transaction")
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if err := w.lockCheckpoint(ctx, tx); err != nil {
+		return err
+	}
+	// It holds the value again (a reset in between): the engine retries.
+	return errors.New("the checkpoint row changed while the batch was sent; retrying")
+}
+
 // committedError is ErrConcurrentWriter with the position found, so that
 // WriteBatch can tell its own batch committed (reply lost) from another
 // instance.
@@ -264,37 +296,55 @@ type committedError struct {
 func (e *committedError) Error() string { return e.err.Error() }
 func (e *committedError) Unwrap() error { return e.err }
 
+// prepared is a batch mapped to row operations and planned into
+// statements, by Prepare or by WriteBatch itself.
+type prepared struct {
+	ms       *mappingSet // the mappings it was built with
+	ops      []rowOp
+	failures []sink.EventFailure
+	stmts    []stmt
+}
+
+// Prepare implements sink.Preparer: the engine maps and plans the next
+// batch while this one is written.
+func (w *Writer) Prepare(ctx context.Context, b *sink.Batch) any { return w.prepare(ctx, b) }
+
+func (w *Writer) prepare(ctx context.Context, b *sink.Batch) *prepared {
+	ms := w.mappings()
+	p := &prepared{ms: ms}
+	if p.ops, p.failures = buildOps(ctx, b, ms.maps, ms.unknownErr, w.columns); len(p.failures) == 0 {
+		p.stmts = plan(p.ops, w.upsertCols)
+	}
+	return p
+}
+
 // WriteBatch applies b in one transaction with the checkpoint update.
 func (w *Writer) WriteBatch(ctx context.Context, b *sink.Batch) error {
 	pool := w.getPool()
 	if pool == nil {
 		return ErrNotConnected
 	}
-	ms := w.mappings()
-	ops, failures := buildOps(ctx, b, ms.maps, ms.unknownErr, w.columns)
-	if len(failures) > 0 {
-		return &sink.BatchError{Failures: failures}
+	p, ok := b.Prepared.(*prepared)
+	if !ok || p.ms != w.mappings() || len(p.failures) > 0 {
+		p = w.prepare(ctx, b) // failures again too: Prepare's ctx may have ended
 	}
-	stmts := plan(ops, w.upsertCols)
+	if len(p.failures) > 0 {
+		return &sink.BatchError{Failures: p.failures}
+	}
+	ops, stmts := p.ops, p.stmts
 	if !b.Redelivery && b.Through < w.last.Load() {
 		return sink.Permanent(fmt.Errorf("checkpoint would move back from %d to %d", w.last.Load(), b.Through))
 	}
-	tx, err := pool.Begin(ctx)
-	if err != nil {
-		return classify(err, "beginning the transaction")
+	if !w.loaded.Load() {
+		return ErrNotConnected // LoadCheckpoint first; the engine retries
 	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	if err := w.lockCheckpoint(ctx, tx); err != nil {
-		var cw *committedError
-		if !b.Redelivery && errors.As(err, &cw) && cw.cp == b.Through && b.Through > w.last.Load() {
-			// The previous attempt committed but its reply was lost (a
-			// connection cut during COMMIT): the batch is applied.
-			w.last.Store(b.Through)
-			return nil
-		}
-		return err
-	}
+	// One round trip: the check, the rows and the checkpoint are sent
+	// together and run in the implicit transaction of one pipeline (one
+	// Sync), which commits when all succeeded and rolls back at the first
+	// error. BEGIN, the check and COMMIT as round trips of their own were
+	// a fifth of a batch's time (BENCHMARKS.md, sink-postgres).
 	batch := &pgx.Batch{}
+	batch.Queue(checkCheckpoint, w.name, int64(w.last.Load()))
 	for _, s := range stmts {
 		sql, args := w.statementSQL(s)
 		batch.Queue(sql, args...)
@@ -302,17 +352,27 @@ func (w *Writer) WriteBatch(ctx context.Context, b *sink.Batch) error {
 	if !b.Redelivery {
 		batch.Queue(`UPDATE `+CheckpointTable+` SET position = $2, updated_at = now() WHERE sink = $1`, w.name, int64(b.Through))
 	}
-	if batch.Len() > 0 {
-		if err := tx.SendBatch(ctx, batch).Close(); err != nil {
-			if refused(err) { // find the events PostgreSQL refuses, one at a time
-				_ = tx.Rollback(ctx)
-				return w.isolate(ctx, pool, b, ops)
-			}
-			return classify(err, fmt.Sprintf("writing the batch of positions %d..%d", firstPos(b), b.Through))
+	br := pool.SendBatch(ctx, batch)
+	if _, err := br.Exec(); err != nil {
+		_ = br.Close()
+		if !isCheckFailure(err) {
+			return classify(err, "reading the checkpoint")
 		}
+		err := w.checkpointMoved(ctx, pool)
+		var cw *committedError
+		if !b.Redelivery && errors.As(err, &cw) && cw.cp == b.Through && b.Through > w.last.Load() {
+			// The previous attempt committed but its reply was lost (a
+			// connection cut during the commit): the batch is applied.
+			w.last.Store(b.Through)
+			return nil
+		}
+		return err
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return classify(err, "committing")
+	if err := br.Close(); err != nil {
+		if refused(err) { // find the events PostgreSQL refuses, one at a time
+			return w.isolate(ctx, pool, b, ops)
+		}
+		return classify(err, fmt.Sprintf("writing the batch of positions %d..%d", firstPos(b), b.Through))
 	}
 	if !b.Redelivery {
 		w.last.Store(b.Through)
@@ -328,15 +388,17 @@ func firstPos(b *sink.Batch) uint64 {
 }
 
 // columns lists a table's writable columns (nil before Connect).
-func (w *Writer) columns(table string) map[string]bool {
-	m := w.cols[table]
-	if m == nil {
-		return nil
-	}
-	out := make(map[string]bool, len(m))
-	for c := range m {
-		if c != PositionColumn {
-			out[c] = true
+func (w *Writer) columns(table string) map[string]bool { return w.known[table] }
+
+// writable is each table's columns but _position.
+func writable(cols map[string]map[string]string) map[string]map[string]bool {
+	out := make(map[string]map[string]bool, len(cols))
+	for table, m := range cols {
+		out[table] = make(map[string]bool, len(m))
+		for c := range m {
+			if c != PositionColumn {
+				out[table][c] = true
+			}
 		}
 	}
 	return out
