@@ -111,6 +111,25 @@ func Open(ctx context.Context, js jetstream.JetStream, bucket string) (*Store, e
 	return &Store{js: js, kv: kv, bucket: bucket}, nil
 }
 
+// Look opens the lease bucket if it exists (jetsyncctl: reading must not
+// create it); ok is false when no sink has made it yet.
+func Look(ctx context.Context, js jetstream.JetStream, bucket string) (s *Store, ok bool, err error) {
+	if bucket == "" {
+		bucket = DefaultBucket
+	}
+	kv, err := js.KeyValue(ctx, bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("opening lease bucket %s: %w", bucket, err)
+	}
+	return &Store{js: js, kv: kv, bucket: bucket}, true, nil
+}
+
+// Bucket is the store's KV bucket.
+func (s *Store) Bucket() string { return s.bucket }
+
 // put writes key with a TTL; expect, when not nil, is the revision the key
 // must be at (0: must not exist).
 func (s *Store) put(ctx context.Context, key string, val []byte, ttl time.Duration, expect *uint64) (uint64, error) {

@@ -424,7 +424,8 @@ func (s *Service) publishStatus(ctx context.Context, runErr error) {
 	}
 	st := control.Status{Name: s.cfg.Name, Checkpoint: snap.Checkpoint, Head: lag.Head, LagEvents: lag.Events,
 		LagSeconds: lag.Seconds, Applied: snap.Applied, LastError: snap.LastError, Filters: s.cfg.Filters,
-		Admin: s.addr, Updated: now, Stopped: stopStatus(snap.Stopped), CheckpointBucket: s.cpBucket}
+		Admin: s.addr, Updated: now, Stopped: stopStatus(snap.Stopped), CheckpointBucket: s.cpBucket,
+		LeaseBucket: s.cfg.HA.Bucket, Instance: s.ha.me.String()}
 	st.Parked, st.ParkedStreams, st.ParkedEvents = s.parkedStatus()
 	if dt := now.Sub(prev.Updated).Seconds(); !prev.Updated.IsZero() && dt > 0 && snap.Applied >= prev.Applied {
 		st.Rate = float64(snap.Applied-prev.Applied) / dt
