@@ -238,6 +238,18 @@ func (s *Store) Acquire(ctx context.Context, sink string, ttl time.Duration, me 
 	}
 }
 
+// reclaims tells whether the holder h is an earlier incarnation of me that
+// died without releasing the lease: same host, another pid, and the same
+// admin address, which this process listens on now, so no live process on
+// this host can (a restart after a crash, which then need not wait for
+// the TTL). Without an admin address nothing is reclaimed.
+func (me Instance) reclaims(h Instance) bool {
+	if me.Admin == "" || strings.HasSuffix(me.Admin, ":0") {
+		return false
+	}
+	return h.Host == me.Host && h.PID != me.PID && h.Admin == me.Admin
+}
+
 // tryCreate creates the lease key; ErrKeyExists while someone holds it.
 func (s *Store) tryCreate(ctx context.Context, sink string, ttl time.Duration, me Instance) (*Lease, error) {
 	me.Since = time.Now().UTC()
@@ -246,6 +258,21 @@ func (s *Store) tryCreate(ctx context.Context, sink string, ttl time.Duration, m
 	defer cancel()
 	sent := time.Now()
 	rev, err := s.kv.Create(cctx, activeKey(sink), b, jetstream.KeyTTL(ttl.Truncate(time.Second)))
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		// Held: by this process's crashed predecessor, it is ours at once
+		// (a compare-and-set on the revision seen, so a real holder
+		// renewing meanwhile wins).
+		if e, gerr := s.kv.Get(cctx, activeKey(sink)); gerr == nil {
+			var h Instance
+			if json.Unmarshal(e.Value(), &h) == nil && me.reclaims(h) {
+				want := e.Revision()
+				sent = time.Now()
+				if rev, err = s.put(cctx, activeKey(sink), b, ttl, &want); err != nil {
+					err = fmt.Errorf("%w: %w", jetstream.ErrKeyExists, err)
+				}
+			}
+		}
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -210,3 +210,39 @@ func TestEpochsGrowAcrossHolders(t *testing.T) {
 		}
 	}
 }
+
+// TestRestartReclaimsItsOwnLease: a process restarted after a crash on the
+// same host and admin address takes its predecessor's lease at once (no
+// live process can listen there), with a higher epoch; an instance on
+// another address waits.
+func TestRestartReclaimsItsOwnLease(t *testing.T) {
+	s := open(t)
+	ctx := t.Context()
+	ttl := 10 * time.Second
+	crashed := lease.Instance{ID: "h-1", Host: "h", PID: 1, Admin: "127.0.0.1:9090"}
+	a, err := s.Acquire(ctx, "orders", ttl, crashed, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease.StopRenewing(a)
+
+	other := lease.Instance{ID: "h-3", Host: "h", PID: 3, Admin: "127.0.0.1:9191"}
+	octx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := s.Acquire(octx, "orders", ttl, other, 0); err == nil {
+		t.Fatal("an instance on another address took a live lease")
+	}
+
+	restarted := lease.Instance{ID: "h-2", Host: "h", PID: 2, Admin: "127.0.0.1:9090"}
+	start := time.Now()
+	b, err := s.Acquire(ctx, "orders", ttl, restarted, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > ttl/2 {
+		t.Errorf("restart waited %s for its own lease", d)
+	}
+	if b.Epoch() <= a.Epoch() {
+		t.Errorf("epoch %d not above %d", b.Epoch(), a.Epoch())
+	}
+}
