@@ -133,7 +133,8 @@ func New(ctx context.Context, cfg sink.Config, w sink.Writer, log *slog.Logger, 
 		s.lastCheckpoint = prev.Checkpoint
 	}
 	s.met = metrics.NewSink(cfg.Name, s.lagSnapshot, s.stoppedAt)
-	if s.eng, err = sink.New(cfg, s.js, w, store, s.log, sink.WithObserver(s.met), sink.WithDeadLetters(s.dlq),
+	s.ha.writes.Observer = s.met
+	if s.eng, err = sink.New(cfg, s.js, w, store, s.log, sink.WithObserver(&s.ha.writes), sink.WithDeadLetters(s.dlq),
 		sink.WithHoldOnStop()); err != nil {
 		nc.Close()
 		return nil, err

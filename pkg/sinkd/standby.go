@@ -34,10 +34,37 @@ type ha struct {
 	active    atomic.Bool
 	takeovers atomic.Uint64
 
+	writes writeTracker // the last batch this process wrote
+
 	mu       sync.Mutex
 	lease    *lease.Lease // the current tenure's, nil while standing by
 	handOver func()       // ends the current tenure on purpose (failover)
 	handing  bool
+}
+
+// writeTracker is the engine's observer: it remembers the last batch
+// written, for the log line of a tenure's end (what a drill checks: a
+// former active wrote nothing after it lost the lease).
+type writeTracker struct {
+	sink.Observer
+	through atomic.Uint64
+	at      atomic.Int64 // unix nanoseconds
+}
+
+// BatchWritten implements sink.Observer.
+func (w *writeTracker) BatchWritten(b *sink.Batch, took time.Duration) {
+	w.through.Store(b.Through)
+	w.at.Store(time.Now().UnixNano())
+	w.Observer.BatchWritten(b, took)
+}
+
+// lastWrite is the log attributes of the last batch written.
+func (w *writeTracker) lastWrite() []any {
+	at := w.at.Load()
+	if at == 0 {
+		return []any{"last_batch", "none"}
+	}
+	return []any{"last_batch_through", w.through.Load(), "last_batch_at", time.Unix(0, at).UTC().Format(time.RFC3339Nano)}
 }
 
 // current is the lease held now, nil while standing by.
@@ -74,10 +101,10 @@ func (s *Service) runTenures(ctx context.Context) error {
 		case ctx.Err() != nil:
 			return err
 		case handed:
-			s.log.Info("lease handed over: standing by", "epoch", l.Epoch())
+			s.log.Info("lease handed over: standing by", append([]any{"epoch", l.Epoch()}, s.ha.writes.lastWrite()...)...)
 			holdOff = s.cfg.HA.Lease // let a standby take it first
 		case lostLease(err):
-			s.log.Warn("lease lost: stopped writing, standing by", "epoch", l.Epoch(), "err", err)
+			s.log.Warn("lease lost: stopped writing, standing by", append([]any{"epoch", l.Epoch(), "err", err}, s.ha.writes.lastWrite()...)...)
 		case err != nil:
 			return err
 		}

@@ -1,0 +1,433 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetsync/jetsync/pkg/lease"
+	"github.com/jetsync/jetsync/pkg/testenv"
+)
+
+// The hot-standby drills (docs/ha.md): the same sink started two times
+// (same name, own admin port), one active, one standing by. SIGKILL the
+// active one again and again while events are appended: the standby takes
+// over each time within the lease, and the read model ends equal to the
+// fold, nothing applied twice. SIGSTOP the active one past its lease, let
+// the standby take over and write more, SIGCONT it: the former active
+// ("zombie") writes nothing after the takeover.
+
+// haLease is the drills' ha.lease: short, so a drill of many takeovers
+// stays within the CI budget; takeover times scale with it.
+const haLease = 3 * time.Second
+
+var adminListen = regexp.MustCompile(`listen: "127\.0\.0\.1:\d+"`)
+
+// haGroup is the instances of one sink.
+type haGroup struct {
+	t      *testing.T
+	sink   string
+	binary string
+	procs  []*proc
+	leases *lease.Store
+}
+
+// newHAGroup starts n instances of binary with config (YAML), each with
+// its own admin port and ha.lease = haLease, and waits until one is active
+// and the others stand by.
+func newHAGroup(t *testing.T, s *stack, sinkName, binary, config string, n int) *haGroup {
+	t.Helper()
+	_, js := s.nats.Connect(t)
+	g := &haGroup{t: t, sink: sinkName, binary: binary}
+	for i := range n {
+		cfg := adminListen.ReplaceAllString(config, fmt.Sprintf(`listen: "127.0.0.1:%d"`, testenv.FreePort(t)))
+		cfg += fmt.Sprintf("ha: {lease: %s}\n", haLease)
+		path := writeFile(t, fmt.Sprintf("%s-%d.yaml", binary, i), cfg)
+		g.procs = append(g.procs, startProc(t, binary, "-config", path))
+		if i == 0 {
+			// The first one is active before the others start, so that
+			// the drills know who to kill first.
+			testenv.Eventually(t, 30*time.Second, func() bool {
+				if g.leases == nil {
+					st, ok, err := lease.Look(context.Background(), js, "")
+					if err != nil || !ok {
+						return false
+					}
+					g.leases = st
+				}
+				h := g.holders()
+				return h.Active != nil
+			}, "the first instance of %s never became active", sinkName)
+		}
+	}
+	g.waitStandbys(n - 1)
+	return g
+}
+
+func (g *haGroup) holders() lease.Holders {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	h, err := g.leases.Holders(ctx, g.sink)
+	if err != nil {
+		return lease.Holders{}
+	}
+	return h
+}
+
+// waitStandbys waits until n instances stand by.
+func (g *haGroup) waitStandbys(n int) {
+	g.t.Helper()
+	testenv.Eventually(g.t, 30*time.Second, func() bool {
+		h := g.holders()
+		return h.Active != nil && len(h.Standbys) >= n
+	}, "%s: %d standbys never registered", g.sink, n)
+}
+
+func pid(p *proc) int {
+	if p.cmd == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
+// active is the active instance's process and lease record.
+func (g *haGroup) active() (*proc, lease.Instance) {
+	g.t.Helper()
+	var p *proc
+	var in lease.Instance
+	testenv.Eventually(g.t, 30*time.Second, func() bool {
+		h := g.holders()
+		if h.Active == nil {
+			return false
+		}
+		for _, q := range g.procs {
+			if pid(q) == h.Active.PID {
+				p, in = q, *h.Active
+				return true
+			}
+		}
+		return false
+	}, "%s: no instance is active", g.sink)
+	return p, in
+}
+
+// waitTakeover waits until an instance other than pid holds the lease and
+// returns its record.
+func (g *haGroup) waitTakeover(old int, timeout time.Duration) lease.Instance {
+	g.t.Helper()
+	var in lease.Instance
+	testenv.Eventually(g.t, timeout, func() bool {
+		h := g.holders()
+		if h.Active != nil && h.Active.PID != old {
+			in = *h.Active
+			return true
+		}
+		return false
+	}, "%s: no standby took over from pid %d within %s", g.sink, old, timeout)
+	return in
+}
+
+// haKills SIGKILLs the active instance kills times at random moments, each
+// time with a standby running, measures how long the standby takes to hold
+// the lease, and restarts the killed one (a standby now). It returns the
+// takeover times and how many kills fell while appends were running.
+func (g *haGroup) haKills(kills int, appending func() bool, checkpoint func() uint64) (takeovers []time.Duration, whileAppending int) {
+	t := g.t
+	t.Helper()
+	for k := 1; k <= kills; k++ {
+		time.Sleep(time.Duration(200+rand.IntN(400)) * time.Millisecond)
+		g.waitStandbys(1)
+		p, in := g.active()
+		cp := checkpoint()
+		if appending() {
+			whileAppending++
+		}
+		killed := time.Now()
+		p.kill()
+		next := g.waitTakeover(in.PID, 4*haLease)
+		took := time.Since(killed)
+		takeovers = append(takeovers, took)
+		t.Logf("kill %d: active pid %d (epoch %d) SIGKILLed at checkpoint %d; pid %d took over in %s (epoch %d)",
+			k, in.PID, in.Epoch, cp, next.PID, took.Round(time.Millisecond), next.Epoch)
+		if next.Epoch <= in.Epoch {
+			t.Errorf("epoch went from %d to %d: it must grow", in.Epoch, next.Epoch)
+		}
+		p.start()
+	}
+	return takeovers, whileAppending
+}
+
+// percentiles is "p50 X, max Y" of ds.
+func percentiles(ds []time.Duration) string {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return fmt.Sprintf("p50 %s, max %s", s[len(s)/2].Round(time.Millisecond), s[len(s)-1].Round(time.Millisecond))
+}
+
+// checkTakeovers fails when a takeover took much longer than the lease: a
+// standby must take over once the lease expired (it is renewed every third
+// of it), not at some later poll.
+func checkTakeovers(t *testing.T, ds []time.Duration) {
+	t.Helper()
+	for i, d := range ds {
+		if d > haLease+2*time.Second {
+			t.Errorf("takeover %d took %s, more than ha.lease %s (+2s)", i+1, d, haLease)
+		}
+	}
+}
+
+// appendSpan appends events [lo, hi) of every stream (expectedVersion lo),
+// like appendAll.
+func (w *workload) appendSpan(s *stack, lo, hi, perRequest, workers int) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for wk := range workers {
+		wg.Go(func() {
+			for i, sid := range w.streams {
+				if i%workers != wk {
+					continue
+				}
+				evs := w.events[sid]
+				for a := lo; a < min(hi, len(evs)); a += perRequest {
+					b := min(a+perRequest, hi, len(evs))
+					body, _ := json.Marshal(evs[a:b])
+					code, resp := s.postRetrying("/streams/order/"+sid+"/events?expectedVersion="+strconv.Itoa(a), body)
+					var ar appendResp
+					if (code != 200 && code != 201) || json.Unmarshal(resp, &ar) != nil || len(ar.Positions) != b-a {
+						errs <- fmt.Errorf("append to %s: %d %s", sid, code, resp)
+						return
+					}
+					w.mu.Lock()
+					w.positions[sid] = append(w.positions[sid], ar.Positions...)
+					w.mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+var lostLine = regexp.MustCompile(`msg="lease lost: stopped writing, standing by".*`)
+var lastBatchAt = regexp.MustCompile(`last_batch_at=(\S+)`)
+
+// zombie runs the zombie drill on g: the active instance is SIGSTOPped
+// past its lease while the first half of the workload is applied, the
+// standby takes over and applies the second half, then the zombie gets
+// SIGCONT. Its own log must say it lost the lease, with its last batch
+// written before the takeover, and it must stand by again. The caller
+// checks the target's content.
+func (g *haGroup) zombie(s *stack, w *workload, perStream int, checkpoint func() uint64) {
+	t := g.t
+	t.Helper()
+	if err := w.appendSpan(s, 0, perStream/2, 5, 4); err != nil {
+		t.Fatal(err)
+	}
+	g.waitStandbys(1)
+	z, in := g.active()
+	testenv.Eventually(t, 60*time.Second, func() bool { return checkpoint() > 0 }, "%s never applied anything", g.sink)
+	// Freeze it mid-stream: appends keep coming while it is stopped.
+	more := make(chan error, 1)
+	go func() { more <- w.appendSpan(s, perStream/2, perStream*3/4, 5, 4) }()
+	time.Sleep(time.Duration(100+rand.IntN(200)) * time.Millisecond)
+	if err := z.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	cpStopped := checkpoint()
+	next := g.waitTakeover(in.PID, 4*haLease)
+	t.Logf("zombie: pid %d (epoch %d) SIGSTOPped at checkpoint %d; pid %d took over after %s (epoch %d, at %s)",
+		in.PID, in.Epoch, cpStopped, next.PID, time.Since(stopped).Round(time.Millisecond), next.Epoch, next.Since.Format(time.RFC3339Nano))
+	if err := <-more; err != nil {
+		t.Fatal(err)
+	}
+	if err := w.appendSpan(s, perStream*3/4, perStream, 5, 4); err != nil {
+		t.Fatal(err)
+	}
+	head := w.head()
+	testenv.Eventually(t, 60*time.Second, func() bool { return checkpoint() >= head },
+		"the new active never caught up (checkpoint %d, head %d)", checkpoint(), head)
+	if cp := checkpoint(); cp <= cpStopped {
+		t.Fatalf("the new active wrote nothing (checkpoint %d)", cp)
+	}
+	t.Logf("zombie: the new active applied through %d while the zombie was stopped", head)
+
+	before := len(z.output())
+	if err := z.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	var line string
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		line = lostLine.FindString(z.output()[before:])
+		return line != ""
+	}, "the zombie never logged that it lost the lease:\n%s", lastLines(z.output(), 20))
+	t.Logf("zombie's log after SIGCONT: %s", line)
+	if m := lastBatchAt.FindStringSubmatch(line); m != nil {
+		at, err := time.Parse(time.RFC3339Nano, m[1])
+		if err != nil {
+			t.Fatalf("last_batch_at %q: %v", m[1], err)
+		}
+		if !at.Before(next.Since) {
+			t.Errorf("the zombie wrote a batch at %s, after the takeover at %s", at.Format(time.RFC3339Nano), next.Since.Format(time.RFC3339Nano))
+		}
+	}
+	// It stands by again, and the active one is still the new one.
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		h := g.holders()
+		for _, sb := range h.Standbys {
+			if sb.PID == in.PID {
+				return h.Active != nil && h.Active.PID == next.PID
+			}
+		}
+		return false
+	}, "the zombie never stood by again")
+	if cp := checkpoint(); cp != head {
+		t.Errorf("checkpoint %d after the zombie woke up, head %d", cp, head)
+	}
+	t.Logf("zombie: woke up, wrote nothing (its last batch before the takeover), stands by; pid %d stays active", next.PID)
+}
+
+// TestDrillStandbyCacheKilled: sink-cache with a standby, the active one
+// SIGKILLed 5 times (x JETSYNC_DRILL_SCALE) while events are appended.
+func TestDrillStandbyCacheKilled(t *testing.T) {
+	s := newStack(t)
+	cfg := strings.Replace(sinkYAML(s.nats.URL(), s.redis.Addr(), 0), "max_events: 500", "max_events: 20", 1)
+	g := newHAGroup(t, s, sinkName, "sink-cache", cfg, 2)
+	w := newWorkload(200*drillScale(), 100)
+	var appending sync.WaitGroup
+	appendDone := make(chan error, 1)
+	appending.Go(func() { appendDone <- w.appendAll(s, 5, 4) })
+	done := func() bool { return len(appendDone) == 0 }
+	takeovers, during := g.haKills(5*drillScale(), done, s.checkpoint)
+	appending.Wait()
+	if err := <-appendDone; err != nil {
+		t.Fatal(err)
+	}
+	head := w.head()
+	testenv.Eventually(t, 60*time.Second, func() bool { return s.checkpoint() >= head }, "sink-cache never caught up")
+	w.verify(t, s)
+	checkTakeovers(t, takeovers)
+	t.Logf("drill standby cache killed: %d events, %d SIGKILLs of the active instance (%d while appending), takeover %s (ha.lease %s); Redis = fold, every position applied once",
+		w.total(), len(takeovers), during, percentiles(takeovers), haLease)
+}
+
+// TestDrillStandbyCacheZombie: the zombie drill on sink-cache: after the
+// takeover the fence key holds the new epoch, and Redis equals the fold
+// with every position applied once.
+func TestDrillStandbyCacheZombie(t *testing.T) {
+	s := newStack(t)
+	cfg := strings.Replace(sinkYAML(s.nats.URL(), s.redis.Addr(), 0), "max_events: 500", "max_events: 20", 1)
+	g := newHAGroup(t, s, sinkName, "sink-cache", cfg, 2)
+	w := newWorkload(100*drillScale(), 100)
+	g.zombie(s, w, 100, s.checkpoint)
+	w.verify(t, s)
+	_, active := g.active()
+	fence, err := s.rdb.Get(context.Background(), "jetsync:checkpoint:"+sinkName+":fence").Result()
+	if err != nil || fence != strconv.FormatUint(active.Epoch, 10) {
+		t.Errorf("fence %q (%v), want the active epoch %d", fence, err, active.Epoch)
+	}
+	t.Logf("drill standby cache zombie: %d events; Redis = fold, every position applied once, fence at epoch %s", w.total(), fence)
+}
+
+// pgHAStack is a pgStack whose sink runs as a standby group.
+func pgHA(t *testing.T, maxEvents int) (*pgStack, string) {
+	s := newPGStack(t, maxEvents, true)
+	cfg, err := os.ReadFile(s.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, string(cfg)
+}
+
+// checkCounters checks the raw SQL counters: each stream's equals its
+// number of events (nothing lost, nothing applied twice).
+func (s *pgStack) checkCounters(t *testing.T, w *workload, perStream int) {
+	t.Helper()
+	counters := s.counters(t)
+	lost, twice := 0, 0
+	for _, sid := range w.streams {
+		switch n := counters[sid]; {
+		case n < perStream:
+			lost += perStream - n
+		case n > perStream:
+			twice += n - perStream
+		}
+	}
+	if lost != 0 || twice != 0 || len(counters) != len(w.streams) {
+		t.Fatalf("raw SQL counters: %d events lost, %d applied twice over %d counters (want %d, each %d)", lost, twice, len(counters), len(w.streams), perStream)
+	}
+}
+
+// TestDrillStandbyPostgresKilled: sink-postgres with a standby, the active
+// one SIGKILLed 5 times (x JETSYNC_DRILL_SCALE) while events are appended;
+// the orders table equals the fold and the non-idempotent raw SQL counters
+// are exact.
+func TestDrillStandbyPostgresKilled(t *testing.T) {
+	s, cfg := pgHA(t, 20)
+	g := newHAGroup(t, s.stack, pgSinkName, "sink-postgres", cfg, 2)
+	const perStream = 100
+	w := newPGWorkload(150*drillScale(), perStream)
+	appendDone := make(chan error, 1)
+	go func() { appendDone <- w.appendAll(s.stack, 5, 4) }()
+	takeovers, during := g.haKills(5*drillScale(), func() bool { return len(appendDone) == 0 }, s.checkpoint)
+	if err := <-appendDone; err != nil {
+		t.Fatal(err)
+	}
+	head := w.head()
+	testenv.Eventually(t, 60*time.Second, func() bool { return s.checkpoint() >= head }, "sink-postgres never caught up")
+	s.verifyOrders(t, w)
+	s.checkCounters(t, w, perStream)
+	checkTakeovers(t, takeovers)
+	t.Logf("drill standby postgres killed: %d events, %d SIGKILLs of the active instance (%d while appending), takeover %s (ha.lease %s); orders = fold, raw SQL counters exact",
+		w.total(), len(takeovers), during, percentiles(takeovers), haLease)
+}
+
+// TestDrillStandbyPostgresZombie: the zombie drill on sink-postgres: the
+// checkpoint row holds the new epoch, the orders table equals the fold and
+// the raw SQL counters are exact.
+func TestDrillStandbyPostgresZombie(t *testing.T) {
+	s, cfg := pgHA(t, 20)
+	g := newHAGroup(t, s.stack, pgSinkName, "sink-postgres", cfg, 2)
+	const perStream = 100
+	w := newPGWorkload(100*drillScale(), perStream)
+	g.zombie(s.stack, w, perStream, s.checkpoint)
+	s.verifyOrders(t, w)
+	s.checkCounters(t, w, perStream)
+	_, active := g.active()
+	var epoch int64
+	if err := s.db.QueryRow(context.Background(), `SELECT epoch FROM jetsync_checkpoints WHERE sink = $1`, pgSinkName).Scan(&epoch); err != nil || uint64(epoch) != active.Epoch {
+		t.Errorf("checkpoint row epoch %d (%v), want the active epoch %d", epoch, err, active.Epoch)
+	}
+	t.Logf("drill standby postgres zombie: %d events; orders = fold, raw SQL counters exact, epoch %d", w.total(), epoch)
+}
+
+// kvCheckpoint reads a checkpoint from the NATS KV checkpoint bucket.
+func kvCheckpoint(js jetstream.JetStream, name string) func() uint64 {
+	return func() uint64 {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		kv, err := js.KeyValue(ctx, "jetsync-checkpoints")
+		if err != nil {
+			return 0
+		}
+		e, err := kv.Get(ctx, name)
+		if err != nil {
+			return 0
+		}
+		n, _ := strconv.ParseUint(string(e.Value()), 10, 64)
+		return n
+	}
+}
