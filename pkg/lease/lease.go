@@ -159,6 +159,10 @@ func (s *Store) Holders(ctx context.Context, sink string) (Holders, error) {
 	case err == nil:
 		var in Instance
 		if json.Unmarshal(e.Value(), &in) == nil {
+			if in.Epoch == 0 {
+				// The create, not renewed yet: its revision is the epoch.
+				in.Epoch = e.Revision()
+			}
 			h.Active = &in
 		}
 	case !errors.Is(err, jetstream.ErrKeyNotFound) && !errors.Is(err, jetstream.ErrKeyDeleted):
