@@ -242,16 +242,17 @@ func (s *Store) Acquire(ctx context.Context, sink string, ttl time.Duration, me 
 	}
 }
 
-// reclaims tells whether the holder h is an earlier incarnation of me that
-// died without releasing the lease: same host, another pid, and the same
-// admin address, which this process listens on now, so no live process on
-// this host can (a restart after a crash, which then need not wait for
-// the TTL). Without an admin address nothing is reclaimed.
+// reclaims tells whether the holder h is this process after it lost the
+// lease, or an earlier incarnation that died without releasing it: same
+// host and the same admin address, which this process listens on now, so
+// no other live process on this host can (a restart after a crash, or NATS
+// back after an outage, then need not wait for the TTL). Without an admin
+// address nothing is reclaimed.
 func (me Instance) reclaims(h Instance) bool {
 	if me.Admin == "" || strings.HasSuffix(me.Admin, ":0") {
 		return false
 	}
-	return h.Host == me.Host && h.PID != me.PID && h.Admin == me.Admin
+	return h.Host == me.Host && h.Admin == me.Admin
 }
 
 // tryCreate creates the lease key; ErrKeyExists while someone holds it.

@@ -159,7 +159,10 @@ func (s *Service) runActive(ctx context.Context, l *lease.Lease) (err error, han
 	if lerr := l.Check(); lerr != nil && err == nil {
 		err = lerr // cancelled because the lease was lost
 	}
-	if !lostLease(err) {
+	s.ha.mu.Lock()
+	handing := s.ha.handing
+	s.ha.mu.Unlock()
+	if !lostLease(err) && !handing {
 		s.publishStatus(context.WithoutCancel(ctx), err)
 	}
 	return err, false

@@ -514,3 +514,90 @@ func TestDrillStandbyKinesisZombie(t *testing.T) {
 	dups := k.verifyKinesis(w, kinesisDupOK(g.kills, maxEvents))
 	t.Logf("drill standby kinesis zombie: %d events; all read back in order, %d positions twice (within the batch after the freeze)", w.total(), dups)
 }
+
+// TestStandbyStatusAndFailover: jetsyncctl status shows the active
+// instance (host, pid, epoch) and the standby; /readyz and /metrics tell
+// them apart; jetsyncctl failover hands the lease to the standby, which
+// applies what follows, and the former active stands by; with no standby
+// running, failover is refused and nothing changes.
+func TestStandbyStatusAndFailover(t *testing.T) {
+	s := newStack(t)
+	g := newHAGroup(t, s, sinkName, "sink-cache", sinkYAML(s.nats.URL(), s.redis.Addr(), 0), 2)
+	w := newWorkload(20, 40)
+	if err := w.appendSpan(s, 0, 20, 10, 2); err != nil {
+		t.Fatal(err)
+	}
+	first, in := g.active()
+	h := g.holders()
+	sb := h.Standbys[0]
+	testenv.Eventually(t, 30*time.Second, func() bool { return s.checkpoint() >= w.head() }, "never caught up")
+
+	var out string
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		out, _ = s.ctl("status")
+		return strings.Contains(out, fmt.Sprintf("pid %d", in.PID)) && strings.Contains(out, fmt.Sprintf("pid %d", sb.PID))
+	}, "status never listed both instances")
+	t.Logf("jetsyncctl status:\n%s", out)
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(fmt.Sprintf(`(?m)^cache\s+active\s+\S+ pid %d\s+%d\s`, in.PID, in.Epoch)),
+		regexp.MustCompile(fmt.Sprintf(`(?m)^cache\s+standby\s+\S+ pid %d\s+-\s`, sb.PID)),
+	} {
+		if !want.MatchString(out) {
+			t.Errorf("status does not match %s:\n%s", want, out)
+		}
+	}
+	code, body := get("http://" + sb.Admin + "/readyz")
+	if code != 503 || !strings.Contains(body, `"role":"standby"`) || !strings.Contains(body, fmt.Sprintf("pid %d is active", in.PID)) {
+		t.Errorf("standby /readyz: %d %s", code, body)
+	}
+	if code, body := get("http://" + in.Admin + "/readyz"); code != 200 || !strings.Contains(body, `"role":"active"`) {
+		t.Errorf("active /readyz: %d %s", code, body)
+	}
+	if _, body := get("http://" + sb.Admin + "/metrics"); !regexp.MustCompile(`(?m)^jetsync_sink_active\{sink="cache"\} 0$`).MatchString(body) {
+		t.Errorf("standby metrics without jetsync_sink_active 0")
+	}
+	if _, body := get("http://" + in.Admin + "/metrics"); !regexp.MustCompile(`(?m)^jetsync_sink_active\{sink="cache"\} 1$`).MatchString(body) ||
+		!regexp.MustCompile(`(?m)^jetsync_sink_takeovers_total\{sink="cache"\} 1$`).MatchString(body) {
+		t.Errorf("active metrics without jetsync_sink_active 1 and takeovers 1")
+	}
+
+	out, code = s.ctl("failover", sinkName)
+	if code != 0 {
+		t.Fatalf("failover: exit %d: %s", code, out)
+	}
+	t.Logf("jetsyncctl failover: %s", strings.TrimSpace(out))
+	if !strings.Contains(out, fmt.Sprintf("pid %d is active", sb.PID)) {
+		t.Errorf("failover did not name the standby as active: %s", out)
+	}
+	h = g.holders()
+	if h.Active == nil || h.Active.PID != sb.PID || h.Active.Epoch <= in.Epoch {
+		t.Fatalf("after failover the active is %+v, want pid %d with an epoch above %d", h.Active, sb.PID, in.Epoch)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		for _, x := range g.holders().Standbys {
+			if x.PID == in.PID {
+				return true
+			}
+		}
+		return false
+	}, "the former active never stood by")
+	if err := w.appendSpan(s, 20, 40, 10, 2); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 30*time.Second, func() bool { return s.checkpoint() >= w.head() }, "the new active never applied the rest")
+	w.verify(t, s)
+	if !strings.Contains(first.output(), `msg="lease handed over: standing by"`) {
+		t.Errorf("the former active did not log the hand-over:\n%s", lastLines(first.output(), 10))
+	}
+
+	// Alone: nothing to hand over to.
+	first.kill()
+	testenv.Eventually(t, 10*time.Second, func() bool { return len(g.holders().Standbys) == 0 }, "the killed standby stayed registered")
+	out, code = s.ctl("failover", sinkName)
+	if code != 2 || !strings.Contains(out, "no standby") {
+		t.Errorf("failover with no standby: exit %d: %s", code, out)
+	}
+	if h := g.holders(); h.Active == nil || h.Active.PID != sb.PID {
+		t.Errorf("a refused failover changed the active instance: %+v", h.Active)
+	}
+}
