@@ -105,6 +105,12 @@ func (s *Service) runTenures(ctx context.Context) error {
 			holdOff = s.cfg.HA.Lease // let a standby take it first
 		case lostLease(err):
 			s.log.Warn("lease lost: stopped writing, standing by", append([]any{"epoch", l.Epoch(), "err", err}, s.ha.writes.lastWrite()...)...)
+			if errors.Is(err, sink.ErrFenced) {
+				// A newer tenure fenced the target; should that fence be
+				// above every epoch the lease bucket can give (the bucket
+				// was recreated, docs/ha.md), do not spin on it.
+				holdOff = s.cfg.HA.Lease
+			}
 		case err != nil:
 			return err
 		}
