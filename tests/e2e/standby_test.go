@@ -221,6 +221,29 @@ func (w *workload) appendSpan(s *stack, lo, hi, perRequest, workers int) error {
 	return <-errs
 }
 
+// appendPaced appends the workload (perStream events per stream) in ten
+// spans spread over about d, so that the kills of a drill fall while the
+// sink has work: each takeover finds a backlog to catch up on. It sends
+// its result to done.
+func (w *workload) appendPaced(s *stack, perStream int, d time.Duration, done chan<- error) {
+	const spans = 10
+	for i := range spans {
+		if err := w.appendSpan(s, i*perStream/spans, (i+1)*perStream/spans, 5, 4); err != nil {
+			done <- err
+			return
+		}
+		if i < spans-1 {
+			time.Sleep(d / spans)
+		}
+	}
+	done <- nil
+}
+
+// killsDuration is about how long haKills takes for kills kills.
+func killsDuration(kills int) time.Duration {
+	return time.Duration(kills) * (haLease + 400*time.Millisecond)
+}
+
 var lostLine = regexp.MustCompile(`msg="lease lost: stopped writing, standing by".*`)
 var lastBatchAt = regexp.MustCompile(`last_batch_at=(\S+)`)
 
@@ -308,12 +331,10 @@ func TestDrillStandbyCacheKilled(t *testing.T) {
 	cfg := strings.Replace(sinkYAML(s.nats.URL(), s.redis.Addr(), 0), "max_events: 500", "max_events: 20", 1)
 	g := newHAGroup(t, s, sinkName, "sink-cache", cfg, 2)
 	w := newWorkload(200*drillScale(), 100)
-	var appending sync.WaitGroup
+	kills := 5 * drillScale()
 	appendDone := make(chan error, 1)
-	appending.Go(func() { appendDone <- w.appendAll(s, 5, 4) })
-	done := func() bool { return len(appendDone) == 0 }
-	takeovers, during := g.haKills(5*drillScale(), done, s.checkpoint)
-	appending.Wait()
+	go w.appendPaced(s, 100, killsDuration(kills), appendDone)
+	takeovers, during := g.haKills(kills, func() bool { return len(appendDone) == 0 }, s.checkpoint)
 	if err := <-appendDone; err != nil {
 		t.Fatal(err)
 	}
@@ -381,9 +402,10 @@ func TestDrillStandbyPostgresKilled(t *testing.T) {
 	g := newHAGroup(t, s.stack, pgSinkName, "sink-postgres", cfg, 2)
 	const perStream = 100
 	w := newPGWorkload(150*drillScale(), perStream)
+	kills := 5 * drillScale()
 	appendDone := make(chan error, 1)
-	go func() { appendDone <- w.appendAll(s.stack, 5, 4) }()
-	takeovers, during := g.haKills(5*drillScale(), func() bool { return len(appendDone) == 0 }, s.checkpoint)
+	go w.appendPaced(s.stack, perStream, killsDuration(kills), appendDone)
+	takeovers, during := g.haKills(kills, func() bool { return len(appendDone) == 0 }, s.checkpoint)
 	if err := <-appendDone; err != nil {
 		t.Fatal(err)
 	}
@@ -427,9 +449,10 @@ func TestDrillStandbyESKilled(t *testing.T) {
 	}
 	g := newHAGroup(t, s.stack, s.name, "sink-es", string(cfg), 2)
 	w := newESWorkload(100*drillScale(), 100)
+	kills := 5 * drillScale()
 	appendDone := make(chan error, 1)
-	go func() { appendDone <- w.appendAll(s.stack, 5, 4) }()
-	takeovers, during := g.haKills(5*drillScale(), func() bool { return len(appendDone) == 0 }, s.checkpoint)
+	go w.appendPaced(s.stack, 100, killsDuration(kills), appendDone)
+	takeovers, during := g.haKills(kills, func() bool { return len(appendDone) == 0 }, s.checkpoint)
 	if err := <-appendDone; err != nil {
 		t.Fatal(err)
 	}
@@ -483,9 +506,10 @@ func TestDrillStandbyKinesisKilled(t *testing.T) {
 	}
 	g := newHAGroup(t, k.stack, kinesisSinkName, "sink-kinesis", string(cfg), 2)
 	w := newWorkload(60*drillScale(), 100)
+	kills := 5 * drillScale()
 	appendDone := make(chan error, 1)
-	go func() { appendDone <- w.appendAll(k.stack, 5, 4) }()
-	takeovers, during := g.haKills(5*drillScale(), func() bool { return len(appendDone) == 0 }, k.checkpoint)
+	go w.appendPaced(k.stack, 100, killsDuration(kills), appendDone)
+	takeovers, during := g.haKills(kills, func() bool { return len(appendDone) == 0 }, k.checkpoint)
 	if err := <-appendDone; err != nil {
 		t.Fatal(err)
 	}
@@ -535,8 +559,9 @@ func TestStandbyStatusAndFailover(t *testing.T) {
 	var out string
 	testenv.Eventually(t, 10*time.Second, func() bool {
 		out, _ = s.ctl("status")
-		return strings.Contains(out, fmt.Sprintf("pid %d", in.PID)) && strings.Contains(out, fmt.Sprintf("pid %d", sb.PID))
-	}, "status never listed both instances")
+		return strings.Contains(out, fmt.Sprintf("pid %d", in.PID)) && strings.Contains(out, fmt.Sprintf("pid %d", sb.PID)) &&
+			regexp.MustCompile(`(?m)^cache\s+live\s`).MatchString(out)
+	}, "status never listed both instances of the live sink:\n%s", out)
 	t.Logf("jetsyncctl status:\n%s", out)
 	for _, want := range []*regexp.Regexp{
 		regexp.MustCompile(fmt.Sprintf(`(?m)^cache\s+active\s+\S+ pid %d\s+%d\s`, in.PID, in.Epoch)),
