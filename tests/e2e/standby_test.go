@@ -626,3 +626,100 @@ func TestStandbyStatusAndFailover(t *testing.T) {
 		t.Errorf("a refused failover changed the active instance: %+v", h.Active)
 	}
 }
+
+// TestDrillStandbyPostgresZombieMidTransaction: the zombie is frozen in the
+// middle of a batch's transaction, holding the checkpoint row: a lock on
+// the orders table holds its batch there, it gets SIGSTOP, then the lock
+// goes, and PostgreSQL runs the rest of its pipelined batch (rows, raw SQL
+// counters, checkpoint) up to the COMMIT it never sends. The standby takes
+// the lease; its fence waits on the row until PostgreSQL ends the idle
+// transaction (idle_in_transaction_session_timeout), which rolls the
+// zombie's batch back. After SIGCONT the zombie writes nothing: the orders
+// table equals the fold and the non-idempotent counters are exact.
+func TestDrillStandbyPostgresZombieMidTransaction(t *testing.T) {
+	s, cfg := pgHA(t, 20)
+	g := newHAGroup(t, s.stack, pgSinkName, "sink-postgres", cfg, 2)
+	const perStream = 40
+	w := newPGWorkload(50, perStream)
+	if err := w.appendSpan(s.stack, 0, perStream/2, 5, 4); err != nil {
+		t.Fatal(err)
+	}
+	head := w.head()
+	testenv.Eventually(t, 60*time.Second, func() bool { return s.checkpoint() >= head }, "never caught up")
+	z, in := g.active()
+	ctx := context.Background()
+
+	// Hold the active's next batch inside its transaction.
+	lockTx, err := s.db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lockTx.Exec(ctx, `LOCK TABLE orders IN EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.appendSpan(s.stack, perStream/2, perStream*3/4, 5, 4); err != nil {
+		t.Fatal(err)
+	}
+	waiting := func() int {
+		var n int
+		_ = s.db.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()`).Scan(&n)
+		return n
+	}
+	testenv.Eventually(t, 30*time.Second, func() bool { return waiting() > 0 }, "the active's batch never waited on the lock")
+	cpFrozen := s.checkpoint()
+	if err := z.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	if err := lockTx.Rollback(ctx); err != nil { // its batch runs on, up to the COMMIT
+		t.Fatal(err)
+	}
+	var idle int
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		_ = s.db.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' AND pid <> pg_backend_pid()`).Scan(&idle)
+		return idle > 0
+	}, "the frozen batch never went idle in its transaction")
+	t.Logf("zombie: pid %d (epoch %d) frozen at %s inside its batch's transaction at checkpoint %d (%d session idle in transaction)",
+		in.PID, in.Epoch, stopped.UTC().Format(time.RFC3339Nano), cpFrozen, idle)
+
+	next := g.waitTakeover(in.PID, 4*haLease)
+	t.Logf("zombie: pid %d took the lease after %s (epoch %d, at %s)", next.PID, time.Since(stopped).Round(time.Millisecond), next.Epoch, next.Since.Format(time.RFC3339Nano))
+	if err := w.appendSpan(s.stack, perStream*3/4, perStream, 5, 4); err != nil {
+		t.Fatal(err)
+	}
+	head = w.head()
+	testenv.Eventually(t, 60*time.Second, func() bool { return s.checkpoint() >= head },
+		"the new active never caught up (checkpoint %d, head %d)", s.checkpoint(), head)
+	t.Logf("zombie: the new active fenced the row and applied through %d, %s after the freeze",
+		head, time.Since(stopped).Round(time.Millisecond))
+
+	before := len(z.output())
+	if err := z.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	var line string
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		line = lostLine.FindString(z.output()[before:])
+		return line != ""
+	}, "the zombie never logged that it lost the lease:\n%s", lastLines(z.output(), 20))
+	t.Logf("zombie's log after SIGCONT: %s", line)
+	if m := lastBatchAt.FindStringSubmatch(line); m != nil {
+		if at, err := time.Parse(time.RFC3339Nano, m[1]); err != nil || !at.Before(next.Since) {
+			t.Errorf("the zombie's last batch at %s (%v), not before the takeover at %s", m[1], err, next.Since.Format(time.RFC3339Nano))
+		}
+	}
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		for _, sb := range g.holders().Standbys {
+			if sb.PID == in.PID {
+				return true
+			}
+		}
+		return false
+	}, "the zombie never stood by again")
+	if cp := s.checkpoint(); cp != head {
+		t.Errorf("checkpoint %d after the zombie woke up, head %d", cp, head)
+	}
+	s.verifyOrders(t, w)
+	s.checkCounters(t, w, perStream)
+	t.Logf("drill standby postgres zombie mid-transaction: %d events; the frozen batch was rolled back, orders = fold, raw SQL counters exact", w.total())
+}
