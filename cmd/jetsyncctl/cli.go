@@ -50,7 +50,7 @@ func run(ctx context.Context, args []string, out, errOut io.Writer) error {
 		return usageErr("a command is required")
 	}
 	known := map[string]bool{"status": true, "reset": true, "replay": true, "dlq": true, "reload": true,
-		control.ActionSkip: true, control.ActionResume: true}
+		control.ActionSkip: true, control.ActionResume: true, control.ActionFailover: true}
 	if !known[args[0]] {
 		return usageErr("unknown command %q", args[0])
 	}
@@ -81,6 +81,8 @@ func run(ctx context.Context, args []string, out, errOut io.Writer) error {
 		return c.stopAction(ctx, args[0], args[1:])
 	case "reload":
 		return c.reload(ctx, args[1:])
+	case control.ActionFailover:
+		return c.failover(ctx, args[1:])
 	default:
 		return c.dlq(ctx, args[1:])
 	}

@@ -80,6 +80,9 @@ func (c *ctl) status(ctx context.Context) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	if err := c.printInstances(ctx, c.out, all); err != nil {
+		return err
+	}
 	for _, st := range stopped {
 		printStopped(c.out, st)
 	}

@@ -24,7 +24,10 @@ const usage = `jetsyncctl: operate jetsync sinks
   jetsyncctl [-nats URL] [-stream NAME] COMMAND ...
 
   status                          every sink: position, head, lag, rate, state, last error; for a
-                                  stopped sink the event it stopped at, the error, what to do
+                                  stopped sink the event it stopped at, the error, what to do; the
+                                  active instance of each sink (host, pid, lease epoch) and its standbys
+  failover SINK                   the active instance hands the sink's lease to a standby and stands
+                                  by itself (rolling upgrade); refused (exit 2) with no standby running
   reset  SINK --to-start | --to-seq N | --to-time RFC3339
                                   move the sink's checkpoint; a running (or stopped) sink catches
                                   up by itself, one that is down when it starts

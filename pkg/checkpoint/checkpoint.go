@@ -133,3 +133,27 @@ func (s *KV) Reset(ctx context.Context, sink string, pos uint64) error {
 	s.remember(sink, rev, pos)
 	return nil
 }
+
+// Fence writes the sink's checkpoint again unchanged, with a
+// compare-and-set, so that its revision moves: an earlier holder of the
+// sink's lease still saving with the revision it loaded gets ErrConflict
+// from then on (hot standby; sink.StoreFencer). The caller loads the
+// checkpoint again afterwards.
+func (s *KV) Fence(ctx context.Context, sink string) error {
+	e, err := s.kv.Get(ctx, sink)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		_, err = s.kv.Create(ctx, sink, []byte("0"))
+	} else if err == nil {
+		_, err = s.kv.Update(ctx, sink, e.Value(), e.Revision())
+	}
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return fmt.Errorf("fencing checkpoint of %s: it changed meanwhile (an earlier holder still saving): %w", sink, ErrConflict)
+	}
+	if err != nil {
+		return fmt.Errorf("fencing checkpoint of %s: %w", sink, err)
+	}
+	s.mu.Lock()
+	delete(s.rev, sink) // Save loads it again
+	s.mu.Unlock()
+	return nil
+}

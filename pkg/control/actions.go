@@ -21,6 +21,9 @@ const (
 	ActionSkip = "skip"
 	// ActionResume lets a stopped sink try that event again.
 	ActionResume = "resume"
+	// ActionFailover makes the active instance of a sink hand its lease
+	// to a standby and stand by itself (hot standby; a rolling upgrade).
+	ActionFailover = "failover"
 )
 
 // ActionSubject is where sink answers action.

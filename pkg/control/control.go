@@ -43,6 +43,12 @@ type Status struct {
 	// (key: the sink's name), so jetsyncctl can read where a sink that is
 	// down will resume; empty when the target keeps the checkpoint.
 	CheckpointBucket string `json:"checkpointBucket,omitempty"`
+	// LeaseBucket is the NATS KV bucket of the sink's lease (hot standby:
+	// key active.<sink> names the active instance, standby.<sink>.* the
+	// standbys); Instance is the active instance that published this
+	// status, "host pid N".
+	LeaseBucket string `json:"leaseBucket,omitempty"`
+	Instance    string `json:"instance,omitempty"`
 	// Parked are streams the error policy "park" holds in the dead-letter
 	// store, oldest hole first (at most MaxParkedInStatus of them);
 	// ParkedStreams and ParkedEvents count them all.

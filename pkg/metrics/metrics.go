@@ -95,6 +95,25 @@ func (m *Sink) WatchParked(parked func() (streams, events int)) {
 	)
 }
 
+// WatchHA exports whether this instance holds the sink's lease (hot
+// standby) and how many times it took it.
+func (m *Sink) WatchHA(active func() bool, takeovers func() uint64) {
+	labels := m.labels
+	m.Registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "jetsync", Subsystem: "sink", Name: "active", ConstLabels: labels,
+			Help: "1 while this instance holds the sink's lease and writes, 0 while it stands by."},
+			func() float64 {
+				if active() {
+					return 1
+				}
+				return 0
+			}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "jetsync", Subsystem: "sink", Name: "takeovers_total", ConstLabels: labels,
+			Help: "Times this instance took the sink's lease and became active (its first start included)."},
+			func() float64 { return float64(takeovers()) }),
+	)
+}
+
 // BatchWritten implements sink.Observer.
 func (m *Sink) BatchWritten(b *sink.Batch, took time.Duration) {
 	m.batches.Inc()

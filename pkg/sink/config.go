@@ -48,6 +48,21 @@ type Config struct {
 	} `yaml:"checkpoint"`
 	// HTTP is the sink's admin server: /metrics, /healthz, /readyz, /wait.
 	HTTP HTTPConfig `yaml:"http"`
+	// HA is the hot standby: every process started with this name takes
+	// part in the lease election; one is active, the others wait.
+	HA HAConfig `yaml:"ha"`
+}
+
+// HAConfig is the lease that makes one instance of a sink active (pkg/lease).
+type HAConfig struct {
+	// Lease is how long the active instance holds the lease without
+	// renewing it (it renews every third): a standby takes over at most
+	// this long after the active one died or froze, and a restarted
+	// single instance waits as long for its own old lease after a crash
+	// (not after a clean stop, which releases it). Whole seconds, >= 2s.
+	Lease time.Duration `yaml:"lease"`
+	// Bucket is the NATS KV bucket of the leases.
+	Bucket string `yaml:"bucket"`
 }
 
 // HTTPConfig is a sink's admin server. With tokens (or a client CA), /wait
@@ -162,6 +177,7 @@ func DefaultConfig(name string) Config {
 	}
 	c.Checkpoint.Bucket = "jetsync-checkpoints"
 	c.HTTP.Listen = "127.0.0.1:9090"
+	c.HA = HAConfig{Lease: 10 * time.Second, Bucket: "jetsync-leases"}
 	return c
 }
 
@@ -209,6 +225,12 @@ func (c *Config) Validate(p *config.Problems) {
 		p.Addf("checkpoint.bucket", "must be a KV bucket name without dots or spaces (got %q)", c.Checkpoint.Bucket)
 	}
 	c.HTTP.validate(p)
+	if c.HA.Lease < 2*time.Second || c.HA.Lease > 10*time.Minute || c.HA.Lease%time.Second != 0 {
+		p.Addf("ha.lease", "must be whole seconds between 2s and 10m, e.g. 10s (got %s)", c.HA.Lease)
+	}
+	if err := envelope.ValidateToken("ha.bucket", c.HA.Bucket); err != nil {
+		p.Addf("ha.bucket", "must be a KV bucket name without dots or spaces, e.g. jetsync-leases (got %q)", c.HA.Bucket)
+	}
 }
 
 // validateFilter accepts events.>, events.<category>.> and the like: tokens

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jetsync/jetsync/pkg/config"
 )
@@ -32,5 +33,34 @@ func TestConfigValidateNamesEveryKey(t *testing.T) {
 	good.Validate(&q)
 	if q.Err() != nil {
 		t.Fatalf("valid config rejected: %v", q.Err())
+	}
+}
+
+func TestConfigHALease(t *testing.T) {
+	for _, tc := range []struct {
+		lease  time.Duration
+		bucket string
+		bad    string
+	}{
+		{10 * time.Second, "jetsync-leases", ""},
+		{2 * time.Second, "leases", ""},
+		{time.Second, "jetsync-leases", "ha.lease: must be whole seconds between 2s and 10m"},
+		{2500 * time.Millisecond, "jetsync-leases", "ha.lease: must be whole seconds"},
+		{time.Hour, "jetsync-leases", "ha.lease:"},
+		{10 * time.Second, "bad.bucket", "ha.bucket:"},
+	} {
+		c := DefaultConfig("cache")
+		c.HA.Lease, c.HA.Bucket = tc.lease, tc.bucket
+		var p config.Problems
+		c.Validate(&p)
+		switch err := p.Err(); {
+		case tc.bad == "" && err != nil:
+			t.Errorf("ha %s %s: rejected: %v", tc.lease, tc.bucket, err)
+		case tc.bad != "" && (err == nil || !strings.Contains(err.Error(), tc.bad)):
+			t.Errorf("ha %s %s: got %v, want %q", tc.lease, tc.bucket, err, tc.bad)
+		}
+	}
+	if d := DefaultConfig("x").HA.Lease; d != 10*time.Second {
+		t.Errorf("default ha.lease %s, want 10s", d)
 	}
 }

@@ -84,6 +84,7 @@ type Engine struct {
 	stats stats
 
 	holdOnStop   bool
+	lease        Lease // the tenure Run writes under (RunUnder); nil without one
 	resets       chan resetRequest
 	redeliveries chan redelivery
 
@@ -254,6 +255,79 @@ type item struct {
 	bad *DeadLetter // set when the message is not a valid event
 }
 
+// Lease is the hot-standby lease an engine writes under (pkg/lease).
+type Lease interface {
+	// Check returns nil while the lease is held and not past its local
+	// deadline; the engine calls it before every write and stops with its
+	// error (made permanent) otherwise.
+	Check() error
+	// Epoch is the tenure's fencing token, handed to a Fencer writer or
+	// checkpoint store when Run starts.
+	Epoch() uint64
+}
+
+// StoreFencer is a checkpoint store that can make every earlier holder's
+// next save fail (checkpoint.KV bumps the revision it compares and sets
+// on). It fences the checkpoint only: the data a writer without Fencer
+// writes before its checkpoint is saved is not covered.
+type StoreFencer interface {
+	Fence(ctx context.Context, sink string) error
+}
+
+// RunUnder runs the engine like Run for one tenure of the lease l: it
+// fences the target (Fencer, StoreFencer) with l's epoch once connected,
+// before reading the checkpoint, and checks l before every write, so
+// nothing is written once l is lost, not even the last batch of the
+// shutdown. It returns an error wrapping the lease's when l was lost, and
+// one wrapping ErrFenced when a newer instance fenced the target.
+func (e *Engine) RunUnder(ctx context.Context, l Lease) error {
+	e.lease = l
+	defer func() { e.lease = nil }()
+	e.stats.setState(StateStarting)
+	return e.Run(ctx)
+}
+
+// guard is called before each write: nil while the engine may write.
+func (e *Engine) guard() error {
+	if e.lease == nil {
+		return nil
+	}
+	if err := e.lease.Check(); err != nil {
+		return Permanent(err)
+	}
+	return nil
+}
+
+// fence makes the target refuse the writes of every earlier tenure.
+func (e *Engine) fence(ctx context.Context) error {
+	if e.lease == nil {
+		return nil
+	}
+	epoch := e.lease.Epoch()
+	if f, ok := e.w.(Fencer); ok {
+		if err := e.retry(ctx, "fence target", func(ctx context.Context) error {
+			if err := e.guard(); err != nil {
+				return err
+			}
+			return f.Fence(ctx, epoch)
+		}); err != nil {
+			return err
+		}
+	}
+	if f, ok := e.store.(StoreFencer); ok {
+		if err := e.retry(ctx, "fence checkpoint", func(ctx context.Context) error {
+			if err := e.guard(); err != nil {
+				return err
+			}
+			return f.Fence(ctx, e.cfg.Name)
+		}); err != nil {
+			return err
+		}
+	}
+	e.log.Info("target fenced", "epoch", epoch)
+	return nil
+}
+
 // Run consumes until ctx is cancelled, then flushes what it holds and saves
 // the checkpoint, taking at most cfg.ShutdownTimeout for that. It returns nil
 // after a clean stop, a *StopError (ErrStopped) when the error policy halted
@@ -290,12 +364,6 @@ func (e *Engine) Run(ctx context.Context) (err error) {
 	if err := e.retry(ctx, "connect to target", e.w.Connect); err != nil {
 		return e.cleanStop(err)
 	}
-	if e.letters != nil {
-		// The parked streams live in the dead-letter store, not in memory.
-		if err := e.retry(ctx, "load parked streams", e.loadParked); err != nil {
-			return e.cleanStop(err)
-		}
-	}
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
@@ -303,6 +371,15 @@ func (e *Engine) Run(ctx context.Context) (err error) {
 			e.log.Warn("closing target", "err", cerr)
 		}
 	}()
+	if err := e.fence(ctx); err != nil {
+		return e.cleanStop(err)
+	}
+	if e.letters != nil {
+		// The parked streams live in the dead-letter store, not in memory.
+		if err := e.retry(ctx, "load parked streams", e.loadParked); err != nil {
+			return e.cleanStop(err)
+		}
+	}
 
 	for {
 		var pos uint64
@@ -389,6 +466,9 @@ func (e *Engine) runFrom(ctx, wctx context.Context, pos uint64) (*resetRequest, 
 // that holds it, atomically.
 func (e *Engine) applyReset(ctx context.Context, pos uint64) error {
 	e.log.Info("resetting checkpoint", "from", e.stats.checkpoint.Load(), "to", pos)
+	if err := e.guard(); err != nil {
+		return err
+	}
 	if e.store != nil {
 		r, ok := e.store.(checkpoint.Resetter)
 		if !ok {
@@ -635,6 +715,9 @@ func prepareAhead(ctx context.Context, in <-chan *Batch, p Preparer, stop <-chan
 // the operator's request gives up (its ctx), permanent ones returned.
 func (e *Engine) redeliver(ctx context.Context, b *Batch) error {
 	return e.retry(ctx, "redeliver dead letters", func(ctx context.Context) error {
+		if err := e.guard(); err != nil {
+			return err
+		}
 		err := e.w.WriteBatch(ctx, b)
 		var be *BatchError
 		if errors.As(err, &be) {
@@ -703,11 +786,17 @@ func (e *Engine) deliver(ctx context.Context, b *Batch) error {
 // writeOnce writes the batch and, for writers without their own checkpoint,
 // saves it afterwards: never before the data is in.
 func (e *Engine) writeOnce(ctx context.Context, b *Batch) error {
+	if err := e.guard(); err != nil {
+		return err
+	}
 	if e.store == nil {
 		return e.w.WriteBatch(ctx, b) // writes b.Through with the data
 	}
 	if len(b.Events) > 0 {
 		if err := e.w.WriteBatch(ctx, b); err != nil {
+			return err
+		}
+		if err := e.guard(); err != nil {
 			return err
 		}
 	}

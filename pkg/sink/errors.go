@@ -32,6 +32,11 @@ var (
 	// applied, it and the rest stay parked.
 	ErrStillParked = errors.New("stream stays parked")
 
+	// ErrFenced means the target refused a write because a newer instance
+	// of this sink (a higher lease epoch, pkg/lease) has fenced it: this
+	// instance lost the lease and must not write any more (hot standby).
+	ErrFenced = errors.New("fenced: a newer instance of this sink took over")
+
 	// ErrPermanent marks an error that retrying cannot fix (bad credentials,
 	// a missing index the sink may not create). Wrap it with Permanent.
 	ErrPermanent = errors.New("permanent error")

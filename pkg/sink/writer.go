@@ -55,6 +55,20 @@ type Preparer interface {
 	Prepare(ctx context.Context, b *Batch) any
 }
 
+// Fencer is a Writer whose target can refuse, atomically with each write,
+// the writes of an instance that lost the sink's lease (hot standby,
+// pkg/lease). Fence records epoch in the target as the newest tenure, and
+// from then on every WriteBatch (and ResetCheckpoint) of this writer
+// checks, in the same transaction as its data and checkpoint, that the
+// target still holds epoch: once a newer instance fenced the target, they
+// fail with an error wrapping ErrFenced and ErrPermanent and write
+// nothing. Fence itself fails with ErrFenced when the target already holds
+// a newer epoch. The engine calls Fence once connected, before reading the
+// checkpoint, at the start of each tenure (Engine.RunUnder).
+type Fencer interface {
+	Fence(ctx context.Context, epoch uint64) error
+}
+
 // Pinger is implemented by writers that can tell whether their target is
 // reachable right now without writing; /readyz uses it.
 type Pinger interface {

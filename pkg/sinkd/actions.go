@@ -17,8 +17,9 @@ type action func(ctx context.Context, req control.ActionRequest) control.ActionR
 // one (reload, say) is a handler in a file of its own, listed here.
 func (s *Service) actions() map[string]action {
 	return map[string]action{
-		control.ActionSkip:   s.skip,
-		control.ActionResume: s.resume,
+		control.ActionSkip:     s.skip,
+		control.ActionResume:   s.resume,
+		control.ActionFailover: s.failover,
 	}
 }
 

@@ -28,6 +28,7 @@ import (
 	"github.com/jetsync/jetsync/pkg/control"
 	"github.com/jetsync/jetsync/pkg/deadletter"
 	"github.com/jetsync/jetsync/pkg/envelope"
+	"github.com/jetsync/jetsync/pkg/lease"
 	"github.com/jetsync/jetsync/pkg/metrics"
 	"github.com/jetsync/jetsync/pkg/natsutil"
 	"github.com/jetsync/jetsync/pkg/sink"
@@ -75,6 +76,7 @@ type Service struct {
 	cpBucket       string
 	lastCheckpoint uint64
 	reloading      reloading // reload.go
+	ha             ha        // standby.go
 
 	mu     sync.Mutex
 	lag    metrics.Lag
@@ -106,7 +108,9 @@ func New(ctx context.Context, cfg sink.Config, w sink.Writer, log *slog.Logger, 
 		store, err = checkpoint.NewKV(ctx, s.js, cfg.Checkpoint.Bucket)
 		if err == nil {
 			if s.ctl, err = control.Open(ctx, s.js); err == nil {
-				s.dlq, err = deadletter.Open(ctx, s.js)
+				if s.dlq, err = deadletter.Open(ctx, s.js); err == nil {
+					s.ha.store, err = lease.Open(ctx, s.js, cfg.HA.Bucket)
+				}
 			}
 		}
 		if err == nil {
@@ -129,12 +133,14 @@ func New(ctx context.Context, cfg sink.Config, w sink.Writer, log *slog.Logger, 
 		s.lastCheckpoint = prev.Checkpoint
 	}
 	s.met = metrics.NewSink(cfg.Name, s.lagSnapshot, s.stoppedAt)
-	if s.eng, err = sink.New(cfg, s.js, w, store, s.log, sink.WithObserver(s.met), sink.WithDeadLetters(s.dlq),
+	s.ha.writes.Observer = s.met
+	if s.eng, err = sink.New(cfg, s.js, w, store, s.log, sink.WithObserver(&s.ha.writes), sink.WithDeadLetters(s.dlq),
 		sink.WithHoldOnStop()); err != nil {
 		nc.Close()
 		return nil, err
 	}
 	s.met.WatchParked(s.parkedCount)
+	s.met.WatchHA(func() bool { return s.ha.active.Load() }, s.ha.takeovers.Load)
 	if cfg.HTTP.Listen != "" {
 		ln, err := net.Listen("tcp", cfg.HTTP.Listen)
 		if err != nil {
@@ -163,6 +169,7 @@ func New(ctx context.Context, cfg sink.Config, w sink.Writer, log *slog.Logger, 
 			}
 		}()
 	}
+	s.ha.me = lease.Self(s.addr)
 	return s, nil
 }
 
@@ -173,36 +180,52 @@ func (s *Service) Engine() *sink.Engine { return s.eng }
 func (s *Service) Addr() string { return s.addr }
 
 // Run runs the sink until ctx ends or it fails, then shuts everything down.
+// It stands by while another instance of the sink holds the lease
+// (standby.go) and runs the engine while this one does.
 func (s *Service) Run(ctx context.Context) error {
 	defer s.close()
-	bg, stopBG := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer func() { stopBG(); wg.Wait() }()
-	wg.Go(func() { s.monitor(bg) })
-	wg.Go(func() { s.watchResets(bg) })
-	sub, err := s.nc.Subscribe(RetrySubject(s.cfg.Name), func(m *nats.Msg) { s.handleRetry(bg, m) })
-	if err != nil {
-		return err
-	}
-	defer sub.Unsubscribe()
-	dsub, err := s.nc.Subscribe(DiscardSubject(s.cfg.Name), func(m *nats.Msg) { s.handleDiscard(bg, m) })
-	if err != nil {
-		return err
-	}
-	defer dsub.Unsubscribe()
-	stopActions, err := s.serveActions(bg)
-	if err != nil {
-		return err
-	}
-	defer stopActions()
-	stopReload, err := s.serveReload(bg)
+	stopReload, err := s.serveReload(ctx)
 	if err != nil {
 		return err
 	}
 	defer stopReload()
-	err = s.eng.Run(ctx)
-	s.publishStatus(context.WithoutCancel(ctx), err)
-	return err
+	return s.runTenures(ctx)
+}
+
+// startActive starts what only the active instance does: status, resets,
+// dead-letter retries and the operator's actions. stop ends them.
+func (s *Service) startActive(ctx context.Context) (stop func(), err error) {
+	bg, stopBG := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	var undo []func()
+	stop = func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+		stopBG()
+		wg.Wait()
+	}
+	wg.Go(func() { s.monitor(bg) })
+	wg.Go(func() { s.watchResets(bg) })
+	sub, err := s.nc.Subscribe(RetrySubject(s.cfg.Name), func(m *nats.Msg) { s.handleRetry(bg, m) })
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	undo = append(undo, func() { _ = sub.Unsubscribe() })
+	dsub, err := s.nc.Subscribe(DiscardSubject(s.cfg.Name), func(m *nats.Msg) { s.handleDiscard(bg, m) })
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	undo = append(undo, func() { _ = dsub.Unsubscribe() })
+	stopActions, err := s.serveActions(bg)
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	undo = append(undo, stopActions)
+	return stop, nil
 }
 
 func (s *Service) close() {
@@ -236,6 +259,11 @@ func (s *Service) readyz(w http.ResponseWriter, r *http.Request) {
 	if !s.nc.IsConnected() {
 		problems = append(problems, "not connected to NATS")
 	}
+	if p := s.standbyProblem(r.Context()); p != "" {
+		// Not ready to serve reads of its own: the active instance does.
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "role": "standby", "problems": append(problems, p)})
+		return
+	}
 	snap := s.eng.Stats()
 	stopped := snap.State == sink.StateStopped && snap.Stopped != nil
 	switch {
@@ -259,7 +287,7 @@ func (s *Service) readyz(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusServiceUnavailable, body)
 		return
 	}
-	writeJSON(w, 200, map[string]any{"ready": true})
+	writeJSON(w, 200, map[string]any{"ready": true, "role": "active"})
 }
 
 // wait answers 200 once the sink has applied ?position=N, 408 when
@@ -397,7 +425,8 @@ func (s *Service) publishStatus(ctx context.Context, runErr error) {
 	}
 	st := control.Status{Name: s.cfg.Name, Checkpoint: snap.Checkpoint, Head: lag.Head, LagEvents: lag.Events,
 		LagSeconds: lag.Seconds, Applied: snap.Applied, LastError: snap.LastError, Filters: s.cfg.Filters,
-		Admin: s.addr, Updated: now, Stopped: stopStatus(snap.Stopped), CheckpointBucket: s.cpBucket}
+		Admin: s.addr, Updated: now, Stopped: stopStatus(snap.Stopped), CheckpointBucket: s.cpBucket,
+		LeaseBucket: s.cfg.HA.Bucket, Instance: s.ha.me.String()}
 	st.Parked, st.ParkedStreams, st.ParkedEvents = s.parkedStatus()
 	if dt := now.Sub(prev.Updated).Seconds(); !prev.Updated.IsZero() && dt > 0 && snap.Applied >= prev.Applied {
 		st.Rate = float64(snap.Applied-prev.Applied) / dt

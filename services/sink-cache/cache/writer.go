@@ -42,6 +42,10 @@ type Writer struct {
 	// (or Redis lost writes): the sink must stop rather than interleave.
 	last      atomic.Uint64
 	lastKnown atomic.Bool
+
+	// epoch is the lease tenure this writer writes under (fence.go), 0
+	// when it runs without a lease.
+	epoch atomic.Uint64
 }
 
 var _ interface {
@@ -184,6 +188,9 @@ func (w *Writer) WriteBatch(ctx context.Context, b *sink.Batch) (err error) {
 	var run []command
 	var out []redis.Cmder
 	err = rdb.Watch(ctx, func(tx *redis.Tx) error {
+		if err := w.checkFence(ctx, tx); err != nil {
+			return err
+		}
 		cp, err := readCheckpoint(ctx, tx, w.cpKey)
 		if err != nil {
 			return err
@@ -203,7 +210,7 @@ func (w *Writer) WriteBatch(ctx context.Context, b *sink.Batch) (err error) {
 			return nil
 		})
 		return err
-	}, w.cpKey)
+	}, w.watchKeys()...)
 	if err == nil {
 		w.remember(b.Through)
 		return nil
@@ -247,12 +254,20 @@ func (w *Writer) remember(cp uint64) {
 // unguarded by the checkpoint (they are behind it by nature), which it
 // leaves alone.
 func (w *Writer) redeliver(ctx context.Context, rdb *redis.Client, cmds []command) error {
-	out, err := rdb.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-		for _, c := range cmds {
-			pipe.Do(ctx, c.args...)
+	var out []redis.Cmder
+	err := rdb.Watch(ctx, func(tx *redis.Tx) error {
+		if err := w.checkFence(ctx, tx); err != nil {
+			return err
 		}
-		return nil
-	})
+		var err error
+		out, err = tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+			for _, c := range cmds {
+				pipe.Do(ctx, c.args...)
+			}
+			return nil
+		})
+		return err
+	}, w.FenceKey())
 	for _, c := range out {
 		if c.Err() != nil && err == nil {
 			err = c.Err()
@@ -268,10 +283,16 @@ func (w *Writer) ResetCheckpoint(ctx context.Context, pos uint64) error {
 	if rdb == nil {
 		return ErrNotConnected
 	}
-	_, err := rdb.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-		pipe.Set(ctx, w.cpKey, pos, 0)
-		return nil
-	})
+	err := rdb.Watch(ctx, func(tx *redis.Tx) error {
+		if err := w.checkFence(ctx, tx); err != nil {
+			return err
+		}
+		_, err := tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+			pipe.Set(ctx, w.cpKey, pos, 0)
+			return nil
+		})
+		return err
+	}, w.FenceKey())
 	if err == nil {
 		w.remember(pos)
 	}

@@ -47,6 +47,10 @@ type Writer struct {
 	// another value in the checkpoint row means a second instance.
 	last   atomic.Uint64
 	loaded atomic.Bool
+
+	// epoch is the lease tenure this writer writes under (fence.go), 0
+	// when it runs without a lease.
+	epoch atomic.Uint64
 }
 
 var (
@@ -87,6 +91,14 @@ func (w *Writer) Connect(ctx context.Context) error {
 		return sink.Permanent(fmt.Errorf("postgres.url: %w", err))
 	}
 	pc.MaxConns = 2
+	// A transaction left idle this long belongs to a process that froze
+	// or lost its network while holding the checkpoint row: PostgreSQL
+	// ends it, so a new active instance's fence is not blocked behind it
+	// (fence.go). The writer's own transactions are never idle between
+	// statements for more than a round trip.
+	if _, set := pc.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"]; !set {
+		pc.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = idleInTransactionTimeout
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return err
@@ -102,8 +114,22 @@ func (w *Writer) Connect(ctx context.Context) error {
 
 func (w *Writer) prepareSchema(ctx context.Context, pool *pgxpool.Pool) (map[string]map[string]string, error) {
 	if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+CheckpointTable+` (
-		sink text PRIMARY KEY, position bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+		sink text PRIMARY KEY, position bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(),
+		epoch bigint NOT NULL DEFAULT 0)`); err != nil {
 		return nil, classify(err, "creating "+CheckpointTable)
+	}
+	// Tables made before fencing lack the epoch column (fence.go). ALTER
+	// only then: it locks the whole table, even when IF NOT EXISTS finds
+	// the column.
+	var hasEpoch bool
+	if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = 'epoch' AND NOT attisdropped)`,
+		CheckpointTable).Scan(&hasEpoch); err != nil {
+		return nil, classify(err, "reading the columns of "+CheckpointTable)
+	}
+	if !hasEpoch {
+		if _, err := pool.Exec(ctx, `ALTER TABLE `+CheckpointTable+` ADD COLUMN IF NOT EXISTS epoch bigint NOT NULL DEFAULT 0`); err != nil {
+			return nil, classify(err, "adding the epoch column to "+CheckpointTable)
+		}
 	}
 	for _, name := range sortedKeys(w.tables) {
 		t := w.tables[name]
@@ -241,13 +267,16 @@ func (w *Writer) lockCheckpoint(ctx context.Context, tx pgx.Tx) error {
 	if !w.loaded.Load() {
 		return ErrNotConnected // LoadCheckpoint first; the engine retries
 	}
-	var cp int64
-	err := tx.QueryRow(ctx, `SELECT position FROM `+CheckpointTable+` WHERE sink = $1 FOR UPDATE`, w.name).Scan(&cp)
+	var cp, epoch int64
+	err := tx.QueryRow(ctx, `SELECT position, epoch FROM `+CheckpointTable+` WHERE sink = $1 FOR UPDATE`, w.name).Scan(&cp, &epoch)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return sink.Permanent(fmt.Errorf("%w: the %s row of sink %q was deleted while it ran", ErrConcurrentWriter, CheckpointTable, w.name))
 	}
 	if err != nil {
 		return classify(err, "reading the checkpoint")
+	}
+	if mine := w.epoch.Load(); mine != 0 && uint64(epoch) != mine {
+		return w.fenced(uint64(epoch), mine)
 	}
 	if last := w.last.Load(); uint64(cp) != last {
 		return &committedError{cp: uint64(cp), err: sink.Permanent(fmt.Errorf("%w: %s row %q holds %d, this process last wrote %d; stop the other instance",
@@ -257,12 +286,13 @@ func (w *Writer) lockCheckpoint(ctx context.Context, tx pgx.Tx) error {
 }
 
 // checkCheckpoint starts every batch: it locks the sink's checkpoint row
-// until the batch commits (a second instance waits for it, then fails) and
-// fails unless the row holds $2, what this process last read or wrote. The
-// failure must abort the batch's transaction, and plain SQL has no RAISE:
-// dividing by zero does it (isCheckFailure), and checkpointMoved then says
-// what the row held.
-const checkCheckpoint = `SELECT 1 / (CASE WHEN (SELECT position FROM ` + CheckpointTable + ` WHERE sink = $1 FOR UPDATE) = $2 THEN 1 ELSE 0 END)`
+// until the batch commits (a second instance, or a new active's Fence,
+// waits for it) and fails unless the row holds $2, what this process last
+// read or wrote, and $3, its epoch (0: no lease). The failure must abort
+// the batch's transaction, and plain SQL has no RAISE: dividing by zero
+// does it (isCheckFailure), and checkpointMoved then says what the row held.
+const checkCheckpoint = `SELECT 1 / (CASE WHEN (SELECT position = $2 AND ($3 = 0 OR epoch = $3) FROM ` + CheckpointTable +
+	` WHERE sink = $1 FOR UPDATE) THEN 1 ELSE 0 END)`
 
 // isCheckFailure tells checkCheckpoint's failure.
 func isCheckFailure(err error) bool {
@@ -271,7 +301,7 @@ func isCheckFailure(err error) bool {
 }
 
 // checkpointMoved is the error for a checkpoint row that did not hold what
-// this process last wrote (see lockCheckpoint).
+// this process last wrote or its epoch (see lockCheckpoint).
 func (w *Writer) checkpointMoved(ctx context.Context, pool *pgxpool.Pool) error {
 	tx, err := pool.Begin(ctx)
 	if err != nil {
@@ -344,7 +374,7 @@ func (w *Writer) WriteBatch(ctx context.Context, b *sink.Batch) error {
 	// error. BEGIN, the check and COMMIT as round trips of their own were
 	// a fifth of a batch's time (BENCHMARKS.md, sink-postgres).
 	batch := &pgx.Batch{}
-	batch.Queue(checkCheckpoint, w.name, int64(w.last.Load()))
+	batch.Queue(checkCheckpoint, w.name, int64(w.last.Load()), int64(w.epoch.Load()))
 	for _, s := range stmts {
 		sql, args := w.statementSQL(s)
 		batch.Queue(sql, args...)
