@@ -687,9 +687,10 @@ func TestDrillStandbyPostgresZombieMidTransaction(t *testing.T) {
 		"the frozen process's batch, sent whole, never committed (checkpoint %d)", s.checkpoint())
 	// SIGSTOP takes effect asynchronously: on a busy machine the process
 	// may still read that batch's answer and send one more before it
-	// stops. Its last commit is where the checkpoint settles.
+	// stops. Its last commit is where the checkpoint settles (the lease
+	// runs out 2s after the freeze at the earliest: no new active yet).
 	cpCommitted := s.checkpoint()
-	for settled := time.Now(); time.Since(settled) < time.Second; time.Sleep(50 * time.Millisecond) {
+	for settled := time.Now(); time.Since(settled) < 300*time.Millisecond; time.Sleep(20 * time.Millisecond) {
 		if cp := s.checkpoint(); cp != cpCommitted {
 			cpCommitted, settled = cp, time.Now()
 		}
