@@ -109,10 +109,12 @@ type Relay struct {
 	held   string // the held-back probe
 	wake   chan struct{}
 
-	mu sync.Mutex
-	st RelayStatus
+	mu       sync.Mutex
+	st       RelayStatus
+	heldFrom time.Time // since when rows have been held back; zero: none are
 
 	heldXmin  uint64 // the snapshot xmin rows were last seen held behind
+	heldBy    string // that transaction, described
 	heldSince time.Time
 	heldWarn  time.Time
 }
@@ -132,7 +134,11 @@ func NewRelay(cfg SourceConfig, js jetstream.JetStream, stream string, log *slog
 func (r *Relay) Status() RelayStatus {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.st
+	st := r.st
+	if !r.heldFrom.IsZero() {
+		st.HeldSeconds = time.Since(r.heldFrom).Seconds()
+	}
+	return st
 }
 
 func (r *Relay) update(f func(*RelayStatus)) {
@@ -538,44 +544,48 @@ func (r *Relay) probeHeld(ctx context.Context, conn *pgx.Conn) error {
 	now := time.Now()
 	if !held {
 		r.heldXmin = 0
-		r.update(func(s *RelayStatus) { s.HeldSeconds, s.HeldBy = 0, "" })
+		r.mu.Lock()
+		r.heldFrom, r.st.HeldBy = time.Time{}, ""
+		r.mu.Unlock()
 		return nil
 	}
 	if xmin != r.heldXmin {
-		r.heldXmin, r.heldSince = xmin, now
+		r.heldXmin, r.heldSince, r.heldBy = xmin, now, r.holder(qctx, conn, xs)
 	}
 	heldFor := now.Sub(r.heldSince)
-	by := "transaction " + xs
-	if heldFor >= time.Second {
-		// Who it is, as far as this role may see (pg_read_all_stats shows all).
-		var pid *int32
-		var db, state, query *string
-		var age *float64
-		err := conn.QueryRow(qctx, `SELECT pid, datname, state, left(query, 120), extract(epoch FROM now() - xact_start)::float8
-FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND backend_xid::text = ($1::numeric % 4294967296)::text`, xs).Scan(&pid, &db, &state, &query, &age)
-		if err == nil && pid != nil {
-			by = fmt.Sprintf("transaction %s: pid %d, database %s, %s for %.0fs, %q", xs, *pid, deref(db), deref(state), derefF(age), deref(query))
-		}
-	}
-	r.update(func(s *RelayStatus) { s.HeldSeconds, s.HeldBy = heldFor.Seconds(), by })
+	by := r.heldBy
 	if heldFor >= 10*time.Second && now.Sub(r.heldWarn) >= time.Minute {
 		r.heldWarn = now
 		r.log.Warn("relay held back: committed rows wait behind an open transaction (the relay never skips it); end it or wait",
 			"held", heldFor.Round(time.Second).String(), "by", by)
 	}
+	r.mu.Lock()
+	r.heldFrom, r.st.HeldBy = r.heldSince, by
+	r.mu.Unlock()
 	return nil
+}
+
+// holder names the transaction xid (the snapshot's xmin) as far as this
+// role may see it in pg_stat_activity (pg_read_all_stats shows all).
+func (r *Relay) holder(ctx context.Context, conn *pgx.Conn, xid string) string {
+	var pid *int32
+	var db, state, query *string
+	var since *time.Time
+	err := conn.QueryRow(ctx, `SELECT pid, datname, state, left(query, 120), xact_start
+FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND backend_xid::text = ($1::numeric % 4294967296)::text`, xid).Scan(&pid, &db, &state, &query, &since)
+	if err != nil || pid == nil {
+		return "transaction " + xid
+	}
+	started := "?"
+	if since != nil {
+		started = since.UTC().Format(time.RFC3339)
+	}
+	return fmt.Sprintf("transaction %s: pid %d, database %s, %s since %s, last query %q", xid, *pid, deref(db), deref(state), started, deref(query))
 }
 
 func deref(p *string) string {
 	if p == nil {
 		return "?"
-	}
-	return *p
-}
-
-func derefF(p *float64) float64 {
-	if p == nil {
-		return 0
 	}
 	return *p
 }
