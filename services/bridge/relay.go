@@ -157,7 +157,7 @@ func (r *Relay) Poke() {
 
 // buildRelayQueries is the batch query and the held-back probe.
 func buildRelayQueries(c SourceConfig) (query, held string) {
-	q := func(col string) string { return pgx.Identifier{col}.Sanitize() }
+	q := func(col string) string { return "src." + pgx.Identifier{col}.Sanitize() }
 	opt := func(col, typ string) string {
 		if col == "" {
 			return "NULL::" + typ
@@ -181,18 +181,23 @@ func buildRelayQueries(c SourceConfig) (query, held string) {
 			category = "''::text"
 		}
 	}
-	tx, pos := q(c.Columns.TransactionID), q(c.Columns.Position)
-	table := pgx.Identifier(strings.Split(c.Table, ".")).Sanitize()
-	query = "SELECT " + strings.Join([]string{
-		tx + "::text", pos + "::bigint", q(c.Columns.EventID) + "::text", q(c.Columns.StreamID) + "::text", category,
+	cols := []string{
+		q(c.Columns.TransactionID) + "::text", q(c.Columns.Position) + "::bigint", q(c.Columns.EventID) + "::text", q(c.Columns.StreamID) + "::text", category,
 		q(c.Columns.Type) + "::text", q(c.Columns.Data) + "::text", opt(c.Columns.Metadata, "text"),
 		opt(c.Columns.Time, "timestamptz"), opt(c.Columns.Version, "bigint"),
-	}, ", ") +
-		" FROM " + table +
+	}
+	// Columns are qualified with the alias src: a bare ORDER BY
+	// transaction_id would name the output column transaction_id::text and
+	// sort as text, putting xid 1000 before 767 (TestDrillRelayKilled
+	// caught it; TestRelayOrderPastTextOrder keeps it caught).
+	tx, pos := q(c.Columns.TransactionID), q(c.Columns.Position)
+	table := pgx.Identifier(strings.Split(c.Table, ".")).Sanitize()
+	query = "SELECT " + strings.Join(cols, ", ") +
+		" FROM " + table + " AS src" +
 		" WHERE (" + tx + ", " + pos + ") > ($1::text::xid8, $2::bigint)" +
 		" AND " + tx + " < pg_snapshot_xmin(pg_current_snapshot())" +
 		" ORDER BY " + tx + ", " + pos + " LIMIT $3"
-	held = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, EXISTS (SELECT 1 FROM " + table +
+	held = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, EXISTS (SELECT 1 FROM " + table + " AS src" +
 		" WHERE " + tx + " >= pg_snapshot_xmin(pg_current_snapshot()))"
 	return query, held
 }

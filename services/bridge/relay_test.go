@@ -545,3 +545,30 @@ func TestRelaySecondInstanceConflicts(t *testing.T) {
 		t.Fatal("neither relay saw the other")
 	}
 }
+
+// TestRelayOrderPastTextOrder: transaction ids are ordered as numbers, not
+// as the text the relay reads them as (999 before 1000, with batches of one
+// row so the cursor crosses the boundary).
+func TestRelayOrderPastTextOrder(t *testing.T) {
+	e := newRelayEnv(t, natsutil.DefaultStreamConfig())
+	e.createOutbox()
+	for { // transaction ids past 1001, so these are all committed history
+		var x int64
+		if err := e.db.QueryRow(context.Background(), "SELECT pg_current_xact_id()::text::bigint").Scan(&x); err != nil {
+			t.Fatal(err)
+		}
+		if x > 1010 {
+			break
+		}
+	}
+	for i, tx := range []string{"99", "999", "1000", "1001", "1002"} {
+		e.exec("INSERT INTO "+e.cfg.Table+" (transaction_id, event_id, category, stream_id, type, data) VALUES ($1::text::xid8, $2, 'order', 'o-1', 'T', '{}')",
+			tx, fmt.Sprintf("ev-%d", i))
+	}
+	e.cfg.BatchSize = 1
+	e.start(e.cfg)
+	e.waitCount(5)
+	if got := strings.Join(ids(e.events()), ","); got != "ev-0,ev-1,ev-2,ev-3,ev-4" {
+		t.Fatalf("published %s, want ev-0..ev-4 in transaction id order", got)
+	}
+}
