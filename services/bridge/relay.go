@@ -291,7 +291,7 @@ func (r *Relay) runOnce(ctx context.Context) (err error) {
 	}
 	defer conn.Close(context.Background())
 	if r.cfg.CreateTable {
-		if err := outbox.Create(ctx, conn, r.cfg.Table); err != nil {
+		if err := r.createTable(ctx, conn); err != nil {
 			return err
 		}
 	}
@@ -340,6 +340,28 @@ func (r *Relay) runOnce(ctx context.Context) (err error) {
 		return rerr
 	}
 	return ctx.Err()
+}
+
+// createTable creates the outbox table, and with a listen channel its
+// NOTIFY trigger, when the table is missing; an existing table is left as
+// it is.
+func (r *Relay) createTable(ctx context.Context, conn *pgx.Conn) error {
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", r.cfg.Table).Scan(&exists); err != nil {
+		return fmt.Errorf("source.create_table: %w", err)
+	}
+	if exists {
+		return nil
+	}
+	ddl := outbox.DDLFor(r.cfg.Table)
+	if r.cfg.ListenChannel != "" {
+		ddl += "\n" + outbox.NotifyDDL(r.cfg.Table, r.cfg.ListenChannel)
+	}
+	if _, err := conn.Exec(ctx, ddl); err != nil {
+		return fmt.Errorf("source.create_table: creating %s: %w", r.cfg.Table, err)
+	}
+	r.log.Info("outbox table created (source.create_table)", "table", r.cfg.Table, "notify_channel", r.cfg.ListenChannel)
+	return nil
 }
 
 // relayCursor is the saved cursor and its KV revision.

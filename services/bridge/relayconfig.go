@@ -23,8 +23,9 @@ type SourceConfig struct {
 	PostgresURL string `yaml:"postgres_url"`
 	// Table is the table read, schema-qualified or not.
 	Table string `yaml:"table"`
-	// CreateTable creates Table with pkg/outbox's DDL when it is missing
-	// (a new outbox; an existing table is never altered).
+	// CreateTable creates Table with pkg/outbox's DDL when it is missing,
+	// with its NOTIFY trigger on ListenChannel when that is set (a new
+	// outbox; an existing table is never altered).
 	CreateTable bool `yaml:"create_table"`
 	// Columns maps the table's columns onto the event envelope.
 	Columns SourceColumns `yaml:"columns"`
