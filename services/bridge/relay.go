@@ -251,9 +251,20 @@ func permanent(err error) bool {
 	return errors.Is(err, ErrBadRow) || errors.Is(err, ErrVersionGap) || errors.Is(err, ErrRelayConflict) || errors.Is(err, ErrNotJetsync)
 }
 
-// relayBatch is one query's rows.
+// relayBatch is one query's rows, and the stored state of the subjects
+// that first appear in it.
 type relayBatch struct {
-	rows []sourceRow
+	raw   []rawRow // as read; decoded into rows by the look-up stage
+	rows  []sourceRow
+	found map[string]*subjState
+}
+
+// rawRow is a row as scanned.
+type rawRow struct {
+	at                           cursor
+	eid, sid, cat, typ, data, md *string
+	ts                           *time.Time
+	ver                          *int64
 }
 
 // sourceRow is one row, decoded and checked.
@@ -313,12 +324,23 @@ func (r *Relay) runOnce(ctx context.Context) (err error) {
 
 	ctx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
-	batches := make(chan relayBatch, 2)
+	read := make(chan relayBatch, 2)
 	readErr := make(chan error, 1)
 	go func() {
-		err := r.read(ctx, conn, cur.at, batches)
-		close(batches)
+		err := r.read(ctx, conn, cur.at, read)
+		close(read)
 		readErr <- err
+	}()
+	// Looking up the streams a batch brings up waits on the server: a stage
+	// of its own, so the publisher does not wait for it.
+	batches := make(chan relayBatch, 2)
+	lookErr := make(chan error, 1)
+	go func() {
+		err := r.lookUpStage(ctx, stream, read, batches)
+		close(batches)
+		for range read { // let the reader see the cancel and end
+		}
+		lookErr <- err
 	}()
 	pending := make(chan relayPub, 4*r.cfg.BatchSize)
 	collected := make(chan error, 1)
@@ -328,8 +350,9 @@ func (r *Relay) runOnce(ctx context.Context) (err error) {
 	close(pending)
 	ackErr := <-collected
 	stop(errors.New("relay stopping"))
-	for range batches { // let the reader see the cancel and end
+	for range batches { // let the stages see the cancel and end
 	}
+	lerr := <-lookErr
 	rerr := <-readErr
 	switch {
 	case ackErr != nil:
@@ -338,6 +361,8 @@ func (r *Relay) runOnce(ctx context.Context) (err error) {
 		return pubErr
 	case rerr != nil && !errors.Is(rerr, context.Canceled):
 		return rerr
+	case lerr != nil && !errors.Is(lerr, context.Canceled):
+		return lerr
 	}
 	return ctx.Err()
 }
@@ -428,7 +453,7 @@ func (r *Relay) read(ctx context.Context, conn *pgx.Conn, from cursor, out chan<
 		if len(rows) > 0 {
 			at = rows[len(rows)-1].at
 			select {
-			case out <- relayBatch{rows: rows}:
+			case out <- relayBatch{raw: rows}:
 			case <-ctx.Done():
 				return ctx.Err()
 			}
@@ -455,8 +480,9 @@ func (r *Relay) read(ctx context.Context, conn *pgx.Conn, from cursor, out chan<
 	}
 }
 
-// fetch reads the next rows after at, decoded and checked.
-func (r *Relay) fetch(ctx context.Context, conn *pgx.Conn, at cursor) ([]sourceRow, error) {
+// fetch reads the next rows after at (decoded by the look-up stage, so
+// the next query runs meanwhile).
+func (r *Relay) fetch(ctx context.Context, conn *pgx.Conn, at cursor) ([]rawRow, error) {
 	qctx, cancel := context.WithTimeout(ctx, r.cfg.AckTimeout)
 	defer cancel()
 	rows, err := conn.Query(qctx, r.query, strconv.FormatUint(at.tx, 10), at.id, r.cfg.BatchSize)
@@ -464,23 +490,20 @@ func (r *Relay) fetch(ctx context.Context, conn *pgx.Conn, at cursor) ([]sourceR
 		return nil, fmt.Errorf("reading %s: %w", r.cfg.Table, err)
 	}
 	defer rows.Close()
-	out := make([]sourceRow, 0, r.cfg.BatchSize)
-	var (
-		txs                          string
-		id                           int64
-		eid, sid, cat, typ, data, md *string
-		ts                           *time.Time
-		ver                          *int64
-	)
+	out := make([]rawRow, 0, r.cfg.BatchSize)
+	var txs string
+	var id int64
 	for rows.Next() {
-		if err := rows.Scan(&txs, &id, &eid, &sid, &cat, &typ, &data, &md, &ts, &ver); err != nil {
+		var w rawRow
+		if err := rows.Scan(&txs, &id, &w.eid, &w.sid, &w.cat, &w.typ, &w.data, &w.md, &w.ts, &w.ver); err != nil {
 			return nil, fmt.Errorf("reading %s: %w", r.cfg.Table, err)
 		}
 		tx, err := strconv.ParseUint(txs, 10, 64)
 		if err != nil {
 			return nil, fmt.Errorf("reading %s: %s is %q, not an xid8", r.cfg.Table, r.cfg.Columns.TransactionID, txs)
 		}
-		out = append(out, r.decode(cursor{tx, id}, eid, sid, cat, typ, data, md, ts, ver))
+		w.at = cursor{tx, id}
+		out = append(out, w)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("reading %s: %w", r.cfg.Table, err)
@@ -490,7 +513,8 @@ func (r *Relay) fetch(ctx context.Context, conn *pgx.Conn, at cursor) ([]sourceR
 
 // decode builds a row's event and checks it as an import line is checked,
 // naming the column of a bad field.
-func (r *Relay) decode(at cursor, eid, sid, cat, typ, data, md *string, ts *time.Time, ver *int64) sourceRow {
+func (r *Relay) decode(w rawRow) sourceRow {
+	at, eid, sid, cat, typ, data, md, ts, ver := w.at, w.eid, w.sid, w.cat, w.typ, w.data, w.md, w.ts, w.ver
 	s := func(p *string) string {
 		if p == nil {
 			return ""
@@ -631,8 +655,8 @@ func (r *Relay) publish(ctx context.Context, stream jetstream.Stream, batches <-
 		}
 	}
 	for b := range batches {
-		if err := r.lookUp(ctx, stream, b.rows, subjects); err != nil {
-			return err
+		for sub, st := range b.found {
+			subjects[sub] = st
 		}
 		var last cursor
 		marked := true
@@ -702,16 +726,44 @@ func (r *Relay) publish(ctx context.Context, stream jetstream.Stream, batches <-
 	return context.Cause(ctx)
 }
 
-// lookUp reads the last stored message of every subject of rows not known
+// lookUpStage decodes and checks the batches' rows and passes them on,
+// each with the stored state of the
+// subjects that first appear in it. A subject is looked up before the
+// publisher publishes any row of it: its first rows are in this batch.
+func (r *Relay) lookUpStage(ctx context.Context, stream jetstream.Stream, in <-chan relayBatch, out chan<- relayBatch) error {
+	seen := map[string]bool{}
+	for b := range in {
+		b.rows = make([]sourceRow, len(b.raw))
+		for i, w := range b.raw {
+			b.rows[i] = r.decode(w)
+		}
+		b.raw = nil
+		found, err := r.lookUp(ctx, stream, b.rows, seen)
+		if err != nil {
+			return err
+		}
+		b.found = found
+		select {
+		case out <- b:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// lookUp reads the last stored message of every subject of rows not seen
 // yet: its version, and its row cursor when this relay published it.
-func (r *Relay) lookUp(ctx context.Context, stream jetstream.Stream, rows []sourceRow, subjects map[string]*subjState) error {
+func (r *Relay) lookUp(ctx context.Context, stream jetstream.Stream, rows []sourceRow, seen map[string]bool) (map[string]*subjState, error) {
 	var missing []string
+	subjects := map[string]*subjState{}
 	for _, row := range rows {
 		if row.bad != nil {
 			continue
 		}
 		s := row.ev.Subject()
-		if _, ok := subjects[s]; !ok {
+		if !seen[s] {
+			seen[s] = true
 			subjects[s] = &subjState{}
 			missing = append(missing, s)
 		}
@@ -736,14 +788,11 @@ func (r *Relay) lookUp(ctx context.Context, stream jetstream.Stream, rows []sour
 		})
 		cancel()
 		if err != nil {
-			for _, s := range missing {
-				delete(subjects, s)
-			}
-			return fmt.Errorf("reading the versions of %d streams: %w", n, err)
+			return nil, fmt.Errorf("reading the versions of %d streams: %w", n, err)
 		}
 		missing = missing[n:]
 	}
-	return nil
+	return subjects, nil
 }
 
 // deadLetter publishes a bad row to dlq.relay-<name> and waits for its ack.

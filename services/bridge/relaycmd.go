@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -62,6 +64,12 @@ func relayCmd(ctx context.Context, args []string, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "bridge relay: %v\n", err)
 		return exitFailed
+	}
+	if os.Getenv("GOGC") == "" {
+		// As for the import: the relay's heap is a few batches of rows;
+		// fewer collections leave more CPU to PostgreSQL and NATS on a small
+		// machine. GOGC in the environment overrides.
+		debug.SetGCPercent(400)
 	}
 	r := NewRelay(cfg.Source, js, cfg.Stream.Name, log)
 	met := NewMetrics()
