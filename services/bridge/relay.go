@@ -346,7 +346,7 @@ func (r *Relay) runOnce(ctx context.Context) (err error) {
 	collected := make(chan error, 1)
 	go func() { collected <- r.collect(ctx, stop, stream, cur, pending) }()
 
-	pubErr := r.publish(ctx, stream, batches, pending)
+	pubErr := r.publish(ctx, batches, pending)
 	close(pending)
 	ackErr := <-collected
 	stop(errors.New("relay stopping"))
@@ -644,7 +644,7 @@ func deref(p *string) string {
 // publish publishes the batches' rows in order and ends each batch with a
 // mark for the collector. It returns at the first row that stops the relay
 // (after marking the row before it) or when ctx ends.
-func (r *Relay) publish(ctx context.Context, stream jetstream.Stream, batches <-chan relayBatch, pending chan<- relayPub) error {
+func (r *Relay) publish(ctx context.Context, batches <-chan relayBatch, pending chan<- relayPub) error {
 	subjects := map[string]*subjState{}
 	send := func(p relayPub) error {
 		select {
