@@ -7,7 +7,9 @@
 #                                            a system PostgreSQL on 5432 is left alone)
 #
 # sink-postgres reads deploy/local/sink-postgres.yaml: order events become
-# rows of the orders table (created at start when missing).
+# rows of the orders table (created at start when missing). bridge relay
+# reads deploy/local/relay.yaml: rows inserted into the outbox table
+# (created at start when missing) are published to the stream.
 
 pg_port=${PG_PORT:-5433}
 pg_url=${PG_URL:-}
@@ -54,6 +56,11 @@ fi
 if [ "${pg_ok}" = 1 ]; then
   JETSYNC_POSTGRES_URL="${pg_url}" bin/sink-postgres -config "${PG_SINK_CONFIG:-deploy/local/sink-postgres.yaml}" &
   pids+=($!)
+  JETSYNC_SOURCE_POSTGRES_URL="${pg_url}" bin/bridge relay -config "${RELAY_CONFIG:-deploy/local/relay.yaml}" &
+  pids+=($!)
   echo "postgres: ${pg_url%%\?*}, sink-postgres admin http://127.0.0.1:9093; read it back:"
   echo "  psql '${pg_url}' -c 'select order_id, status, total, _position from orders'"
+  echo "bridge relay: the outbox table is published to the stream (status http://127.0.0.1:9094/status); try:"
+  echo "  psql '${pg_url}' -c \"insert into outbox (event_id, category, stream_id, type, data) values (gen_random_uuid(), 'order', 'order-7', 'OrderPlaced', '{\\\"total\\\":7}')\""
+  echo "  redis-cli -p \${REDIS_PORT:-6379} GET order:order-7"
 fi

@@ -39,6 +39,11 @@ type Bridge struct {
 	hup  chan os.Signal
 	stop chan struct{} // closed by Close: ends the SIGHUP watcher
 
+	relay       *Relay        // nil without source.postgres_url
+	relayDone   chan struct{} // closed when the relay's Run returned
+	relayCancel context.CancelFunc
+	relayStatus func() // stops source.status_listen's server
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -118,6 +123,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Bridge, err erro
 	if cfg.exposed() {
 		log.Warn("INSECURE: the append API listens beyond loopback without authentication (http.insecure: true); anyone who reaches it can append. Configure auth.tokens or auth.tokens_file",
 			"addr", b.ln.Addr().String())
+	}
+	if cfg.Source.Enabled() {
+		if err := b.startRelay(); err != nil {
+			b.srv.Close()
+			return nil, err
+		}
 	}
 	log.Info("bridge serving", "addr", b.ln.Addr().String(), "stream", cfg.Stream.Name, "auth", auth != nil, "tls", b.tls != nil)
 	return b, nil
@@ -216,11 +227,51 @@ func (b *Bridge) Close(ctx context.Context) error {
 			b.closeErr = errors.Join(b.closeErr, err)
 		}
 		b.app.Wait() // group commits of appends that gave up waiting
+		b.stopRelay()
 		b.closeErr = errors.Join(b.closeErr, b.stopNATS(ctx))
 		b.log.Info("bridge stopped")
 	})
 	return b.closeErr
 }
+
+// startRelay runs the source: relay beside the API. A relay that stops (a
+// bad row, a version gap) leaves the API serving; its status and
+// jetsync_relay_up say so.
+func (b *Bridge) startRelay() error {
+	b.relay = NewRelay(b.cfg.Source, b.js, b.cfg.Stream.Name, b.log)
+	b.met.WatchRelay(b.relay)
+	if b.cfg.Source.StatusListen != "" {
+		stop, err := serveRelayStatus(b.cfg.Source.StatusListen, b.relay, b.met.Registry, b.log)
+		if err != nil {
+			return fmt.Errorf("source.status_listen: %w", err)
+		}
+		b.relayStatus = stop
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b.relayCancel, b.relayDone = cancel, make(chan struct{})
+	go func() {
+		defer close(b.relayDone)
+		if err := b.relay.Run(ctx); err != nil {
+			b.log.Error("relay stopped; the append API keeps serving", "err", err)
+		}
+	}()
+	return nil
+}
+
+// stopRelay stops the relay, if any, and waits for it.
+func (b *Bridge) stopRelay() {
+	if b.relay == nil {
+		return
+	}
+	b.relayCancel()
+	<-b.relayDone
+	if b.relayStatus != nil {
+		b.relayStatus()
+	}
+}
+
+// Relay is the source: relay, or nil.
+func (b *Bridge) Relay() *Relay { return b.relay }
 
 // stopNATS drains the connection and shuts the embedded server down.
 func (b *Bridge) stopNATS(ctx context.Context) error {

@@ -23,7 +23,9 @@ func TestMain(m *testing.M) {
 		main()
 		return
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	stopSharedPostgres()
+	os.Exit(code)
 }
 
 func embeddedConfig(t *testing.T, storeDir string) Config {

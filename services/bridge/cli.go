@@ -36,6 +36,9 @@ const (
 const usage = `usage:
   bridge [serve] [-config FILE]          run the HTTP append API (the default)
   bridge import [-config FILE] FILE|-    import NDJSON events from FILE or stdin
+  bridge relay [-config FILE]            publish the rows of a PostgreSQL event table or outbox
+                                         (source: section) to the stream; serve runs it too
+                                         when source.postgres_url is set
   bridge token-hash [-new]               print the SHA-256 of a token read from stdin for
                                          auth.tokens[].sha256; -new makes a random token
 
@@ -54,6 +57,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return serveCmd(ctx, args, stderr)
 	case "import":
 		return importCmd(ctx, args, stdin, stdout, stderr)
+	case "relay":
+		return relayCmd(ctx, args, stderr)
 	case "token-hash":
 		return tokenHashCmd(args, stdin, stdout, stderr)
 	case "help":

@@ -21,6 +21,9 @@ type Config struct {
 	Stream natsutil.StreamConfig `yaml:"stream"`
 	Append AppendConfig          `yaml:"append"`
 	Auth   AuthConfig            `yaml:"auth"`
+	// Source is a PostgreSQL table relayed into the stream (bridge relay;
+	// bridge serve too when source.postgres_url is set).
+	Source SourceConfig `yaml:"source"`
 }
 
 // HTTPConfig configures the append API.
@@ -69,6 +72,7 @@ func DefaultConfig() Config {
 		NATS:   NATSConfig{Embedded: natsutil.EmbeddedConfig{Host: "127.0.0.1", Port: 4222, StoreDir: "./data/nats"}},
 		Stream: natsutil.DefaultStreamConfig(),
 		Append: AppendConfig{Timeout: 5 * time.Second, MaxJSONDepth: DefaultMaxJSONDepth},
+		Source: DefaultSourceConfig(),
 	}
 }
 
@@ -122,6 +126,7 @@ func (c *Config) Validate() error {
 		p.Addf("append.max_json_depth", "must be 1 to 1000, got %d; e.g. %d", c.Append.MaxJSONDepth, DefaultMaxJSONDepth)
 	}
 	c.Auth.validate(&p)
+	c.Source.validate(&p)
 	c.HTTP.TLS.Validate(tlsKey, &p)
 	if len(c.Auth.ClientCerts) > 0 && c.HTTP.TLS.ClientCAFile == "" {
 		p.Addf("auth.client_certs", "needs http.tls.client_ca_file: without mutual TLS no client presents a certificate")

@@ -159,3 +159,40 @@ func TestDeployConfigsLoad(t *testing.T) {
 		t.Fatalf("compose config without tokens: %v", err)
 	}
 }
+
+func TestSourceConfigErrorsNameTheKey(t *testing.T) {
+	for key, yaml := range map[string]string{
+		"source.postgres_url":    "source: {postgres_url: 'mysql://x'}",
+		"source.name":            "source: {postgres_url: 'postgres://x/db', name: 'a.b'}",
+		"source.table":           "source: {postgres_url: 'postgres://x/db', table: 'drop table;'}",
+		"source.columns.data":    "source: {postgres_url: 'postgres://x/db', columns: {data: ''}}",
+		"source.columns.version": "source: {postgres_url: 'postgres://x/db', columns: {version: 'v-1'}}",
+		"source.category":        "source: {postgres_url: 'postgres://x/db', columns: {category: ''}, category: '{nope'}",
+		"source.on_error":        "source: {postgres_url: 'postgres://x/db', on_error: retry}",
+		"source.batch_size":      "source: {postgres_url: 'postgres://x/db', batch_size: 0}",
+		"source.poll_interval":   "source: {postgres_url: 'postgres://x/db', poll_interval: 0s}",
+		"source.status_listen":   "source: {postgres_url: 'postgres://x/db', status_listen: nope}",
+	} {
+		_, err := LoadConfig(writeConfig(t, yaml))
+		var ke *config.KeyError
+		if !errors.As(err, &ke) || !strings.Contains(err.Error(), key+":") || !errors.Is(err, config.ErrInvalid) {
+			t.Errorf("%s: got %v, want an error naming %s", yaml, err, key)
+		}
+	}
+	// Both a category column and a constant: keep one.
+	_, err := LoadConfig(writeConfig(t, "source: {postgres_url: 'postgres://x/db', category: order}"))
+	if err == nil || !strings.Contains(err.Error(), "source.category: is set and so is source.columns.category") {
+		t.Errorf("category twice: %v", err)
+	}
+	// Off without postgres_url: nothing else is checked.
+	if _, err := LoadConfig(writeConfig(t, "source: {on_error: retry}")); err != nil {
+		t.Errorf("a disabled source is not checked: %v", err)
+	}
+}
+
+func TestRelayCommandNeedsASource(t *testing.T) {
+	var out, errb strings.Builder
+	if code := run(t.Context(), []string{"relay"}, nil, &out, &errb); code != exitUsage || !strings.Contains(errb.String(), "source.postgres_url is empty") {
+		t.Fatalf("bridge relay without a source: exit %d, %q", code, errb.String())
+	}
+}

@@ -61,3 +61,30 @@ type DuplicateIDError struct {
 func (e *DuplicateIDError) Error() string { return e.Field + ": " + e.Reason }
 
 func (e *DuplicateIDError) Unwrap() error { return ErrDuplicateID }
+
+// Relay errors. Each stops the relay until a person acts.
+var (
+	// ErrBadRow means a source row cannot be published; the *RowError
+	// names the row and the column.
+	ErrBadRow = errors.New("bad source row")
+
+	// ErrRelayConflict means the relay's saved cursor changed under it
+	// (another relay of the same source.name) or cannot be read.
+	ErrRelayConflict = errors.New("relay cursor conflict")
+)
+
+// RowError names a source row (by its position column) and the column
+// that makes it unpublishable.
+type RowError struct {
+	Table  string
+	Key    string // the position column, e.g. id
+	Row    int64
+	Column string
+	Reason string
+}
+
+func (e *RowError) Error() string {
+	return fmt.Sprintf("%s row %s=%d: column %s: %s (fix the row, or set source.on_error: skip or dead-letter)", e.Table, e.Key, e.Row, e.Column, e.Reason)
+}
+
+func (e *RowError) Unwrap() error { return ErrBadRow }

@@ -315,38 +315,50 @@ func (imp *importer) lookUpVersions(ctx context.Context, events []lineEvent) err
 // has one.
 func (imp *importer) lastVersions(ctx context.Context, subjects []string) (map[string]uint64, error) {
 	found := make(map[string]uint64, len(subjects))
-	if !imp.stream.CachedInfo().Config.AllowDirect {
-		// Batched gets are direct gets; without them, one request each.
+	err := lastMsgs(ctx, imp.js, imp.stream, subjects, func(subject string, seq uint64, h nats.Header) error {
+		v, err := storedVersion(subject, seq, h)
+		found[subject] = v
+		return err
+	})
+	return found, err
+}
+
+// lastMsgs calls found with the last stored message of each subject that
+// has one, in one batched direct get per call when the stream allows direct
+// gets (the server answers at most 1024 per request: pass no more
+// subjects), else one request per subject.
+func lastMsgs(ctx context.Context, js jetstream.JetStream, stream jetstream.Stream, subjects []string, found func(subject string, seq uint64, h nats.Header) error) error {
+	if !stream.CachedInfo().Config.AllowDirect {
 		for _, s := range subjects {
-			m, err := imp.stream.GetLastMsgForSubject(ctx, s)
+			m, err := stream.GetLastMsgForSubject(ctx, s)
 			if errors.Is(err, jetstream.ErrMsgNotFound) {
 				continue
 			}
 			if err != nil {
-				return nil, classify(err)
+				return classify(err)
 			}
-			if found[s], err = storedVersion(m.Subject, m.Sequence, m.Header); err != nil {
-				return nil, err
+			if err := found(m.Subject, m.Sequence, m.Header); err != nil {
+				return err
 			}
 		}
-		return found, nil
+		return nil
 	}
-	msgs, err := jetstreamext.GetLastMsgsFor(ctx, imp.js, imp.opts.Stream, subjects)
+	msgs, err := jetstreamext.GetLastMsgsFor(ctx, js, stream.CachedInfo().Config.Name, subjects)
 	if err != nil {
-		return nil, classify(err)
+		return classify(err)
 	}
 	for m, err := range msgs {
 		if errors.Is(err, jetstreamext.ErrNoMessages) {
 			break // none of the subjects has a message
 		}
 		if err != nil {
-			return nil, classify(err)
+			return classify(err)
 		}
-		if found[m.Subject], err = storedVersion(m.Subject, m.Sequence, m.Header); err != nil {
-			return nil, err
+		if err := found(m.Subject, m.Sequence, m.Header); err != nil {
+			return err
 		}
 	}
-	return found, nil
+	return nil
 }
 
 // storedVersion reads the version header of a stored event.

@@ -72,6 +72,13 @@ var acceptedEnv = map[string][]string{
 		"JETSYNC_KINESIS_SHARD_COUNT", "JETSYNC_KINESIS_MAX_RECORDS_PER_CALL", "JETSYNC_KINESIS_MAX_BYTES_PER_CALL",
 		"JETSYNC_KINESIS_REQUEST_TIMEOUT",
 	},
+	"relay": {
+		// The bridge's config (bridge relay reads the same file format);
+		// services/bridge SourceConfig.
+		"JETSYNC_NATS_URL", "JETSYNC_STREAM_NAME",
+		"JETSYNC_SOURCE_NAME", "JETSYNC_SOURCE_POSTGRES_URL", "JETSYNC_SOURCE_TABLE", "JETSYNC_SOURCE_ON_ERROR",
+		"JETSYNC_SOURCE_LISTEN_CHANNEL", "JETSYNC_SOURCE_STATUS_LISTEN", "JETSYNC_SOURCE_BATCH_SIZE", "JETSYNC_SOURCE_POLL_INTERVAL",
+	},
 	"sink-postgres": {
 		// pkg/sink.Config, inlined at the top of every sink's file.
 		"JETSYNC_NAME", "JETSYNC_NATS_URL", "JETSYNC_STREAM", "JETSYNC_FILTERS",
@@ -384,5 +391,34 @@ func TestComposeBridgeRequiresTokens(t *testing.T) {
 		if h, _ := m["sha256"].(string); !hexHash.MatchString(h) {
 			t.Errorf("%s: tokens[%d].sha256 is not 64 hex digits", tsrc, i)
 		}
+	}
+}
+
+// The relay runs the bridge's image with `relay` on its own config, after
+// postgres (its source) is healthy.
+func TestComposeRelay(t *testing.T) {
+	p := loadCompose(t)
+	s := service(t, p, "relay")
+	if b := service(t, p, "bridge"); s.Image != b.Image || s.Build != nil {
+		t.Errorf("relay: image %q, want the bridge's %q, not a build of its own", s.Image, b.Image)
+	}
+	if got := strings.Join(s.Command, " "); got != "relay -config /etc/jetsync/relay.yaml" {
+		t.Errorf("relay: command %q, want relay -config /etc/jetsync/relay.yaml", got)
+	}
+	root := repoRoot(t)
+	if src, ok := mountSource(s, configPath("relay")); !ok || src != filepath.Join(root, "deploy", "config", "relay.yaml") {
+		t.Errorf("relay: %s must be mounted from deploy/config/relay.yaml, got %q", configPath("relay"), src)
+	}
+	for dep, cond := range map[string]string{"nats": types.ServiceConditionHealthy, "postgres": types.ServiceConditionHealthy, "bridge": types.ServiceConditionStarted} {
+		if d, ok := s.DependsOn[dep]; !ok || d.Condition != cond {
+			t.Errorf("relay must depend on %s (%s)", dep, cond)
+		}
+	}
+	src := readConfig(t, filepath.Join(root, "deploy", "config", "relay.yaml"))["source"].(map[string]any)
+	checkAddressHost(t, p, "relay: relay.yaml source.postgres_url", src["postgres_url"].(string))
+	pg := service(t, p, "postgres").Environment
+	u, err := url.Parse(src["postgres_url"].(string))
+	if err != nil || u.User.Username() != *pg["POSTGRES_USER"] || u.Path != "/"+*pg["POSTGRES_DB"] {
+		t.Errorf("relay: source.postgres_url %q does not match the postgres service's user and database", src["postgres_url"])
 	}
 }

@@ -816,6 +816,14 @@ func metricsListen(t *testing.T, s types.ServiceConfig) (listen, from string, ok
 	if !ok {
 		return "", "", false
 	}
+	if s.Name == "relay" { // bridge relay serves /metrics on source.status_listen
+		if v := s.Environment["JETSYNC_SOURCE_STATUS_LISTEN"]; v != nil {
+			return *v, "JETSYNC_SOURCE_STATUS_LISTEN in docker-compose.yml", true
+		}
+		src2, _ := readConfig(t, src)["source"].(map[string]any)
+		l, _ := src2["status_listen"].(string)
+		return l, "source.status_listen in " + filepath.Base(src), true
+	}
 	if v := s.Environment["JETSYNC_HTTP_LISTEN"]; v != nil {
 		return *v, "JETSYNC_HTTP_LISTEN in docker-compose.yml", true
 	}

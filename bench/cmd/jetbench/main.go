@@ -143,7 +143,8 @@ func main() {
 	flag.StringVar(&b.sinkBin, "sink-bin", "", "run this binary in place of sink-cache (an A/B build; for a profile set JETSYNC_CPUPROFILE=FILE instead)")
 	keep := flag.Bool("keep", false, "keep the temp dir (NATS store, configs, NDJSON)")
 	outFile := flag.String("o", "", "also write the report to this file")
-	phaseList := flag.String("phases", "ingest,catchup,latency,mem,sweep,live,append,appends", "what to run, comma-separated; es and kinesis take part in catchup and live, the other phases are cache's, but appends, which measures the bridge alone")
+	relayRate := flag.Int("relay-live-rate", 500, "rows/s committed (one per transaction) in the relay phase's live runs; 0 skips them")
+	phaseList := flag.String("phases", "ingest,catchup,latency,mem,sweep,live,append,appends,relay", "what to run, comma-separated; es and kinesis take part in catchup and live, the other phases are cache's, but appends, which measures the bridge alone, and relay: bridge relay from a PostgreSQL outbox (needs Debian postgresql, or PG_URL)")
 	flag.Parse()
 
 	selected, err := parseSinks(*sinks)
@@ -473,6 +474,9 @@ func main() {
 	}
 	if phases["appends"] {
 		b.appendsPhase(ctx, *appendsDur)
+	}
+	if phases["relay"] {
+		b.relayPhase(ctx, b.n, *relayRate, *liveDur)
 	}
 
 	b.watch.close()
