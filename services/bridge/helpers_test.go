@@ -24,7 +24,7 @@ import (
 )
 
 const (
-	testTimeout = 2 * time.Second // append.timeout in tests
+	testTimeout = 5 * time.Second // append.timeout in tests: the default; 2s was short for 8 writers contending on a loaded machine
 	testMaxBody = 256 << 10
 )
 
