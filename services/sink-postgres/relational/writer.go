@@ -332,7 +332,13 @@ type prepared struct {
 	ms       *mappingSet // the mappings it was built with
 	ops      []rowOp
 	failures []sink.EventFailure
-	stmts    []stmt
+	queries  []pgQuery // the statements, rendered
+}
+
+// pgQuery is one statement of a batch, ready to send.
+type pgQuery struct {
+	sql  string
+	args []any
 }
 
 // Prepare implements sink.Preparer: the engine maps and plans the next
@@ -343,7 +349,10 @@ func (w *Writer) prepare(ctx context.Context, b *sink.Batch) *prepared {
 	ms := w.mappings()
 	p := &prepared{ms: ms}
 	if p.ops, p.failures = buildOps(ctx, b, ms.maps, ms.unknownErr, w.columns); len(p.failures) == 0 {
-		p.stmts = plan(p.ops, w.upsertCols)
+		for _, s := range plan(p.ops, w.upsertCols) {
+			sql, args := w.statementSQL(s)
+			p.queries = append(p.queries, pgQuery{sql, args})
+		}
 	}
 	return p
 }
@@ -361,7 +370,7 @@ func (w *Writer) WriteBatch(ctx context.Context, b *sink.Batch) error {
 	if len(p.failures) > 0 {
 		return &sink.BatchError{Failures: p.failures}
 	}
-	ops, stmts := p.ops, p.stmts
+	ops := p.ops
 	if !b.Redelivery && b.Through < w.last.Load() {
 		return sink.Permanent(fmt.Errorf("checkpoint would move back from %d to %d", w.last.Load(), b.Through))
 	}
@@ -375,9 +384,8 @@ func (w *Writer) WriteBatch(ctx context.Context, b *sink.Batch) error {
 	// a fifth of a batch's time (BENCHMARKS.md, sink-postgres).
 	batch := &pgx.Batch{}
 	batch.Queue(checkCheckpoint, w.name, int64(w.last.Load()), int64(w.epoch.Load()))
-	for _, s := range stmts {
-		sql, args := w.statementSQL(s)
-		batch.Queue(sql, args...)
+	for _, q := range p.queries {
+		batch.Queue(q.sql, q.args...)
 	}
 	if !b.Redelivery {
 		batch.Queue(`UPDATE `+CheckpointTable+` SET position = $2, updated_at = now() WHERE sink = $1`, w.name, int64(b.Through))
