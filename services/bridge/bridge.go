@@ -17,6 +17,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetsync/jetsync/pkg/checkpoint"
+	"github.com/jetsync/jetsync/pkg/control"
+	"github.com/jetsync/jetsync/pkg/deadletter"
 	"github.com/jetsync/jetsync/pkg/httpauth"
 	"github.com/jetsync/jetsync/pkg/natsutil"
 )
@@ -56,15 +59,15 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Bridge, err erro
 		}
 	}()
 
-	url := cfg.NATS.URL
-	if url == "" {
+	ncfg := cfg.NATS.Config
+	if ncfg.URL == "" {
 		if b.ns, err = natsutil.RunEmbedded(cfg.NATS.Embedded); err != nil {
 			return nil, err
 		}
-		url = b.ns.ClientURL()
-		log.Info("embedded NATS running", "url", url, "store_dir", cfg.NATS.Embedded.StoreDir)
+		ncfg = natsutil.Config{URL: b.ns.ClientURL()}
+		log.Info("embedded NATS running", "url", ncfg.URL, "store_dir", cfg.NATS.Embedded.StoreDir)
 	}
-	if b.nc, err = natsutil.Connect(url, "jetsync-bridge", log, nats.ReconnectBufSize(-1)); err != nil {
+	if b.nc, err = natsutil.Connect(ncfg, "jetsync-bridge", log, nats.ReconnectBufSize(-1)); err != nil {
 		return nil, err
 	}
 	if b.js, err = jetstream.New(b.nc, jetstream.WithDefaultTimeout(cfg.Append.Timeout)); err != nil {
@@ -74,6 +77,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Bridge, err erro
 	defer cancel()
 	stream, err := natsutil.EnsureStream(ectx, b.js, cfg.Stream)
 	if err != nil {
+		return nil, err
+	}
+	if err := provisionSinkStores(ectx, b.js, cfg.Stream.Replicas); err != nil {
 		return nil, err
 	}
 	b.app = NewAppender(b.js, stream)
@@ -243,4 +249,18 @@ func (b *Bridge) stopNATS(ctx context.Context) error {
 		b.ns.WaitForShutdown()
 	}
 	return err
+}
+
+// provisionSinkStores creates (or scales to replicas) what sinks keep in
+// NATS besides the events: the default checkpoint bucket, the control
+// bucket and the dead-letter stream. On a cluster they need the stream's
+// replica count too, or a node loss takes the sinks' memory with it.
+// Sinks open these as they are and create them (one replica) only when
+// missing, so the bridge's count stands.
+func provisionSinkStores(ctx context.Context, js jetstream.JetStream, replicas int) error {
+	return errors.Join(
+		checkpoint.Provision(ctx, js, checkpoint.DefaultBucket, replicas),
+		control.Provision(ctx, js, replicas),
+		deadletter.Provision(ctx, js, replicas),
+	)
 }

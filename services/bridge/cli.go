@@ -36,6 +36,8 @@ const (
 const usage = `usage:
   bridge [serve] [-config FILE]          run the HTTP append API (the default)
   bridge import [-config FILE] FILE|-    import NDJSON events from FILE or stdin
+  bridge nats [-config FILE]             run only the NATS server of nats.embedded (with
+                                         nats.embedded.cluster: one node of a JetStream cluster)
   bridge token-hash [-new]               print the SHA-256 of a token read from stdin for
                                          auth.tokens[].sha256; -new makes a random token
 
@@ -54,6 +56,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return serveCmd(ctx, args, stderr)
 	case "import":
 		return importCmd(ctx, args, stdin, stdout, stderr)
+	case "nats":
+		return natsCmd(ctx, args, stderr)
 	case "token-hash":
 		return tokenHashCmd(args, stdin, stdout, stderr)
 	case "help":
@@ -134,7 +138,7 @@ func importCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	defer closeIn()
 
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	nc, err := natsutil.Connect(cfg.natsURL(), "jetsync-bridge-import", log)
+	nc, err := natsutil.Connect(cfg.natsClient(), "jetsync-bridge-import", log)
 	if err != nil {
 		fmt.Fprintf(stderr, "bridge import: %v (is `bridge serve` running, or nats.url set?)\n", err)
 		return exitFailed
