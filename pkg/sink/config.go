@@ -35,11 +35,11 @@ const (
 type Config struct {
 	Name    string          `yaml:"name"`
 	NATS    natsutil.Config `yaml:"nats"`
-	Stream  string      `yaml:"stream"`
-	Filters []string    `yaml:"filters"`
-	Batch   BatchConfig `yaml:"batch"`
-	Retry   RetryConfig `yaml:"retry"`
-	OnError string      `yaml:"on_error"`
+	Stream  string          `yaml:"stream"`
+	Filters []string        `yaml:"filters"`
+	Batch   BatchConfig     `yaml:"batch"`
+	Retry   RetryConfig     `yaml:"retry"`
+	OnError string          `yaml:"on_error"`
 	// ShutdownTimeout bounds how long SIGTERM may spend flushing the last
 	// batch; what is not written by then is read again on the next start.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
