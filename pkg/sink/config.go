@@ -43,7 +43,13 @@ type Config struct {
 	// ShutdownTimeout bounds how long SIGTERM may spend flushing the last
 	// batch; what is not written by then is read again on the next start.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
-	Checkpoint      struct {
+	// StallTimeout is how long the consumer may deliver nothing while the
+	// stream holds events past the last one delivered and the sink is
+	// idle, before it is recreated from the checkpoint (a consumer that
+	// stalls silently after a NATS leader change or restart); 0 turns the
+	// check off.
+	StallTimeout time.Duration `yaml:"stall_timeout"`
+	Checkpoint   struct {
 		Bucket string `yaml:"bucket"`
 		// Replicas of the bucket when this sink creates it (it is
 		// missing); an existing bucket is used as it is. The bridge
@@ -158,6 +164,7 @@ func DefaultConfig(name string) Config {
 		Retry:           RetryConfig{Initial: 50 * time.Millisecond, Max: 5 * time.Second},
 		OnError:         OnErrorStop,
 		ShutdownTimeout: 10 * time.Second,
+		StallTimeout:    30 * time.Second,
 	}
 	c.Checkpoint.Bucket = "jetsync-checkpoints"
 	c.Checkpoint.Replicas = 1
@@ -205,6 +212,9 @@ func (c *Config) Validate(p *config.Problems) {
 	}
 	if c.ShutdownTimeout <= 0 {
 		p.Addf("shutdown_timeout", "must be positive, e.g. 10s")
+	}
+	if c.StallTimeout < 0 || c.StallTimeout > 0 && c.StallTimeout < time.Second {
+		p.Addf("stall_timeout", "must be at least 1s (longer than the consumer's own heartbeat recovery, e.g. 30s), or 0 to turn the stall check off; got %s", c.StallTimeout)
 	}
 	if err := envelope.ValidateToken("checkpoint.bucket", c.Checkpoint.Bucket); err != nil {
 		p.Addf("checkpoint.bucket", "must be a KV bucket name without dots or spaces (got %q)", c.Checkpoint.Bucket)
