@@ -201,8 +201,12 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c StreamConfig) (
 	if rerr := ReplicasError(err, "provisioning stream "+c.Name, "stream.replicas", c.Replicas); rerr != err {
 		return nil, rerr
 	}
-	if err != nil {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
 		return nil, fmt.Errorf("provisioning stream %s: %w (atomic batch publish needs nats-server >= 2.12)", c.Name, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("provisioning stream %s: %w (is JetStream up, and on a cluster does the stream have a leader?)", c.Name, err)
 	}
 	return s, nil
 }
