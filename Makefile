@@ -3,11 +3,13 @@ SHELL := /bin/bash
 MODULES := ./cmd/jetsyncctl/... ./pkg/... ./services/bridge/... ./services/sink-cache/... ./services/sink-es/... ./services/sink-kinesis/... ./services/sink-postgres/... ./tests/deploy/... ./tests/e2e/...
 GO_TEST_FLAGS ?= -count=1 -timeout 25m
 
+CLUSTER ?= 1
+
 .PHONY: up test deps build vet smoke drills bench fuzz clean
 
-## up: build and run NATS (embedded in the bridge), Redis, the bridge and sink-cache; Ctrl-C stops all
+## up: build and run NATS (embedded in the bridge), Redis, the bridge and sink-cache; Ctrl-C stops all. CLUSTER=3: NATS as a 3-node JetStream cluster (R3)
 up:
-	@scripts/up.sh
+	@CLUSTER=$(CLUSTER) scripts/up.sh
 
 ## test: install what the tests need (redis-server, PostgreSQL, Java 17 + Maven, Node.js + npm), vet, then run every module's tests
 test: deps vet

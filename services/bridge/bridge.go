@@ -73,13 +73,15 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Bridge, err erro
 	if b.js, err = jetstream.New(b.nc, jetstream.WithDefaultTimeout(cfg.Append.Timeout)); err != nil {
 		return nil, err
 	}
-	ectx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	ectx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	stream, err := natsutil.EnsureStream(ectx, b.js, cfg.Stream)
-	if err != nil {
-		return nil, err
-	}
-	if err := provisionSinkStores(ectx, b.js, cfg.Stream.Replicas); err != nil {
+	var stream jetstream.Stream
+	if err := untilProvisioned(ectx, log, func(ctx context.Context) (err error) {
+		if stream, err = natsutil.EnsureStream(ctx, b.js, cfg.Stream); err != nil {
+			return err
+		}
+		return provisionSinkStores(ctx, b.js, cfg.Stream.Replicas)
+	}); err != nil {
 		return nil, err
 	}
 	b.app = NewAppender(b.js, stream)
@@ -249,6 +251,42 @@ func (b *Bridge) stopNATS(ctx context.Context) error {
 		b.ns.WaitForShutdown()
 	}
 	return err
+}
+
+// untilProvisioned runs provision until it succeeds, fails for good or ctx
+// ends. A cluster that is still forming (no meta leader, peers not known
+// yet, the stream's leader being elected) refuses for a few seconds what
+// it will accept a moment later; the last error is returned.
+func untilProvisioned(ctx context.Context, log *slog.Logger, provision func(context.Context) error) error {
+	for {
+		// Short attempts: a request no server answers yet (no meta leader)
+		// would otherwise take the whole append.timeout each.
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := provision(actx)
+		cancel()
+		if err == nil || !transientJS(err) || ctx.Err() != nil {
+			return err
+		}
+		log.Warn("waiting for JetStream to provision the streams", "err", err)
+		select {
+		case <-time.After(500 * time.Millisecond):
+		case <-ctx.Done():
+			return err
+		}
+	}
+}
+
+// transientJS reports whether a JetStream refusal may pass by itself.
+func transientJS(err error) bool {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return !errors.Is(err, context.Canceled) // timeouts, no responders
+	}
+	switch apiErr.ErrorCode {
+	case 10004, 10005, 10006, 10008, 10009, 10023: // cluster incomplete, no peers, not active, not available, not leader, insufficient resources
+		return true
+	}
+	return apiErr.Code == 503
 }
 
 // provisionSinkStores creates (or scales to replicas) what sinks keep in
