@@ -66,6 +66,7 @@ type bench struct {
 	sinkEnv          string
 	ns               *server.Server
 	natsURL          string
+	replicas         int // of the streams the bridge provisions: 1, 3 in the cluster phase
 	nc               *nats.Conn
 	js               jetstream.JetStream
 	redis            *redisServer
@@ -143,7 +144,7 @@ func main() {
 	flag.StringVar(&b.sinkBin, "sink-bin", "", "run this binary in place of sink-cache (e.g. bench/cmd/sinkprof for a profile)")
 	keep := flag.Bool("keep", false, "keep the temp dir (NATS store, configs, NDJSON)")
 	outFile := flag.String("o", "", "also write the report to this file")
-	phaseList := flag.String("phases", "ingest,catchup,latency,mem,sweep,live,append,appends", "what to run, comma-separated; es and kinesis take part in catchup and live, the other phases are cache's, but appends, which measures the bridge alone")
+	phaseList := flag.String("phases", "ingest,catchup,latency,mem,sweep,live,append,appends,cluster", "what to run, comma-separated; es and kinesis take part in catchup and live, the other phases are cache's, but appends, which measures the bridge alone; cluster puts import, catch-up, live delay and batched appends on a 3-node R3 cluster beside the single server (r3.go)")
 	flag.Parse()
 
 	selected, err := parseSinks(*sinks)
@@ -200,7 +201,7 @@ func main() {
 		b.reps = max(b.reps, 1)
 	}
 	if !cacheOn { // the other phases are cache's
-		for _, p := range []string{"latency", "mem", "sweep"} {
+		for _, p := range []string{"latency", "mem", "sweep", "cluster"} {
 			phases[p] = false
 		}
 	}
@@ -473,6 +474,13 @@ func main() {
 	}
 	if phases["appends"] {
 		b.appendsPhase(ctx, *appendsDur)
+	}
+	if phases["cluster"] {
+		clusterRate := 1000
+		if len(rateList) > 0 {
+			clusterRate = rateList[0] // the lowest: two more stores share the cores
+		}
+		b.clusterPhase(ctx, bs, clusterRate, *liveDur, max(*appendN, 10_000), *appendBatch, *appendClients)
 	}
 
 	b.watch.close()
