@@ -65,13 +65,13 @@ func (r ImportResult) Present() int64 { return r.Skipped + r.Duplicates }
 func Import(ctx context.Context, js jetstream.JetStream, r io.Reader, opts ImportOptions) (ImportResult, error) {
 	opts.defaults()
 	start := time.Now()
-	imp := &importer{js: js, opts: opts, versions: map[string]uint64{}}
+	imp := &importer{js: js, opts: opts, versions: map[string]uint64{}, heads: map[string]*subjectHead{}}
 	var err error
 	if imp.stream, err = js.Stream(ctx, opts.Stream); err != nil {
 		return ImportResult{}, fmt.Errorf("stream %s: %w", opts.Stream, classify(err))
 	}
 
-	pending := make(chan pendingPub, opts.Window)
+	pending := make(chan *pendingPub, opts.Window)
 	collected := make(chan struct{})
 	go func() {
 		defer close(collected)
@@ -126,6 +126,9 @@ type importer struct {
 	stream   jetstream.Stream
 	opts     ImportOptions
 	versions map[string]uint64 // subject -> version after what was queued; the publisher's
+	// heads chains each stream's publishes: subject -> its last publish
+	// (or the last stored event, read at the start); the publisher's.
+	heads map[string]*subjectHead
 
 	mu     sync.Mutex
 	res    ImportResult
@@ -149,6 +152,23 @@ type pendingPub struct {
 	f    jetstream.PubAckFuture
 	line int64
 	ev   envelope.Event
+	head *subjectHead // its outcome, for the next event of its stream
+}
+
+// subjectHead is where a stream stands for its next event's publish: the
+// position of its last event once that is known (stored, or acknowledged),
+// or the publish still awaiting its ack (done open).
+//
+// Each publish expects the stream's last position to be the previous
+// event's (Nats-Expected-Last-Subject-Sequence), so an event is stored only
+// right after its predecessor. Without it, an event lost in flight (a
+// stream leader change drops what reaches no leader) and the next event of
+// its stream stored by the new leader left a gap that a second import run
+// could not see: it resumes after the last stored version.
+type subjectHead struct {
+	seq  uint64
+	err  error         // the publish failed or its outcome is unknown
+	done chan struct{} // closed once seq or err is set; nil when known from the start
 }
 
 // read decodes and checks line by line until EOF or a bad line, and sends
@@ -215,7 +235,7 @@ func decodeLine(line int64, raw []byte) (envelope.Event, error) {
 
 // publish publishes the chunks' events in order until the chunks end, a
 // line is bad or a publish fails.
-func (imp *importer) publish(ctx context.Context, chunks <-chan chunk, pending chan<- pendingPub) error {
+func (imp *importer) publish(ctx context.Context, chunks <-chan chunk, pending chan<- *pendingPub) error {
 	for c := range chunks {
 		if err := imp.lookUpVersions(ctx, c.events); err != nil {
 			return err
@@ -228,7 +248,9 @@ func (imp *importer) publish(ctx context.Context, chunks <-chan chunk, pending c
 			if failed {
 				return nil
 			}
-			if err := imp.publishEvent(ctx, le.line, le.ev, pending); err != nil {
+			if err := imp.publishEvent(ctx, le.line, le.ev, pending); errors.Is(err, errPredecessorFailed) {
+				return nil // the collector reports the predecessor's failure
+			} else if err != nil {
 				return err
 			}
 		}
@@ -249,7 +271,7 @@ func (imp *importer) publish(ctx context.Context, chunks <-chan chunk, pending c
 }
 
 // publishEvent publishes one event if it is the next of its stream.
-func (imp *importer) publishEvent(ctx context.Context, line int64, ev envelope.Event, pending chan<- pendingPub) error {
+func (imp *importer) publishEvent(ctx context.Context, line int64, ev envelope.Event, pending chan<- *pendingPub) error {
 	subject := ev.Subject()
 	current := imp.versions[subject]
 	switch {
@@ -265,14 +287,34 @@ func (imp *importer) publishEvent(ctx context.Context, line int64, ev envelope.E
 			Reason: fmt.Sprintf("is %d but stream %s/%s is at version %d; the next event must have version %d (events of a stream must be in order, without gaps)", ev.Version, ev.Category, ev.StreamID, current, current+1),
 		})
 	}
-	f, err := imp.js.PublishMsgAsync(ev.ToMsg(), jetstream.WithStallWait(imp.opts.AckTimeout))
+	// The stream's previous event must be stored first: wait for its ack
+	// when it is still in flight (events of other streams keep the window
+	// full meanwhile, so an interleaved file does not wait).
+	h := imp.heads[subject]
+	if h != nil && h.done != nil {
+		select {
+		case <-h.done:
+		case <-ctx.Done():
+			return fmt.Errorf("import interrupted at line %d: %w", line, ctx.Err())
+		}
+		if h.err != nil {
+			return errPredecessorFailed
+		}
+	}
+	var expect uint64 // 0: the stream has no event yet
+	if h != nil {
+		expect = h.seq
+	}
+	f, err := imp.js.PublishMsgAsync(ev.ToMsg(), jetstream.WithStallWait(imp.opts.AckTimeout), jetstream.WithExpectLastSequencePerSubject(expect))
 	if err != nil {
 		return fmt.Errorf("line %d: publishing event %q: %w", line, ev.ID, classify(err))
 	}
 	imp.versions[subject] = ev.Version
+	next := &subjectHead{done: make(chan struct{})}
+	imp.heads[subject] = next
 	ev.Data, ev.Metadata = nil, nil // the collector needs no payload
 	select {
-	case pending <- pendingPub{f: f, line: line, ev: ev}:
+	case pending <- &pendingPub{f: f, line: line, ev: ev, head: next}:
 	case <-ctx.Done():
 		return fmt.Errorf("import interrupted at line %d: %w", line, ctx.Err())
 	}
@@ -306,15 +348,22 @@ func (imp *importer) lookUpVersions(ctx context.Context, events []lineEvent) err
 		return fmt.Errorf("line %d: reading the versions of %d streams: %w", events[0].line, len(subjects), err)
 	}
 	for _, s := range subjects {
-		imp.versions[s] = found[s] // 0 for a new stream
+		last := found[s] // zero for a new stream
+		imp.versions[s] = last.version
+		if last.seq > 0 {
+			imp.heads[s] = &subjectHead{seq: last.seq}
+		}
 	}
 	return nil
 }
 
-// lastVersions is the version of the last stored event of each subject that
-// has one.
-func (imp *importer) lastVersions(ctx context.Context, subjects []string) (map[string]uint64, error) {
-	found := make(map[string]uint64, len(subjects))
+// storedHead is a stream's last stored event: its version and position.
+type storedHead struct{ version, seq uint64 }
+
+// lastVersions is the version and position of the last stored event of
+// each subject that has one.
+func (imp *importer) lastVersions(ctx context.Context, subjects []string) (map[string]storedHead, error) {
+	found := make(map[string]storedHead, len(subjects))
 	if !imp.stream.CachedInfo().Config.AllowDirect {
 		// Batched gets are direct gets; without them, one request each.
 		for _, s := range subjects {
@@ -325,9 +374,11 @@ func (imp *importer) lastVersions(ctx context.Context, subjects []string) (map[s
 			if err != nil {
 				return nil, classify(err)
 			}
-			if found[s], err = storedVersion(m.Subject, m.Sequence, m.Header); err != nil {
+			v, err := storedVersion(m.Subject, m.Sequence, m.Header)
+			if err != nil {
 				return nil, err
 			}
+			found[s] = storedHead{v, m.Sequence}
 		}
 		return found, nil
 	}
@@ -342,9 +393,11 @@ func (imp *importer) lastVersions(ctx context.Context, subjects []string) (map[s
 		if err != nil {
 			return nil, classify(err)
 		}
-		if found[m.Subject], err = storedVersion(m.Subject, m.Sequence, m.Header); err != nil {
+		v, err := storedVersion(m.Subject, m.Sequence, m.Header)
+		if err != nil {
 			return nil, err
 		}
+		found[m.Subject] = storedHead{v, m.Sequence}
 	}
 	return found, nil
 }
@@ -361,7 +414,7 @@ func storedVersion(subject string, seq uint64, h nats.Header) (uint64, error) {
 // collect waits for each publish's ack in order and counts it. When no ack
 // comes for opts.AckTimeout, or ctx ends, it gives up waiting: the rest are
 // counted only if already acked, and the reader stops at its next line.
-func (imp *importer) collect(ctx context.Context, pending <-chan pendingPub) {
+func (imp *importer) collect(ctx context.Context, pending <-chan *pendingPub) {
 	timer := time.NewTimer(imp.opts.AckTimeout)
 	defer timer.Stop()
 	gaveUp := false
@@ -374,6 +427,8 @@ func (imp *importer) collect(ctx context.Context, pending <-chan pendingPub) {
 			case err = <-p.f.Err():
 				err = classify(err)
 			default:
+				p.head.err = errGaveUp
+				close(p.head.done)
 				continue
 			}
 		} else {
@@ -381,7 +436,7 @@ func (imp *importer) collect(ctx context.Context, pending <-chan pendingPub) {
 			select {
 			case ack = <-p.f.Ok():
 			case err = <-p.f.Err():
-				err = classify(err)
+				err = imp.explain(p, err)
 			case <-timer.C:
 				gaveUp = true
 				err = fmt.Errorf("%w: no ack within %s", ErrUnavailable, imp.opts.AckTimeout)
@@ -406,13 +461,38 @@ func (imp *importer) collect(ctx context.Context, pending <-chan pendingPub) {
 			imp.opts.Metrics.eventImported()
 		}
 		imp.mu.Unlock()
+		// The error is recorded before the stream's next event learns of it.
+		if err != nil {
+			p.head.err = err
+		} else {
+			p.head.seq = ack.Sequence
+		}
+		close(p.head.done)
 	}
+}
+
+// errPredecessorFailed stops the publisher at an event whose stream's
+// previous event was not acknowledged: the collector reports why.
+var errPredecessorFailed = errors.New("the stream's previous event was not stored")
+
+// errGaveUp is the outcome of the publishes the collector stopped waiting
+// for.
+var errGaveUp = errors.New("gave up waiting for the ack")
+
+// explain classifies a refused publish, saying what a refusal of the
+// stream's expected last position means.
+func (imp *importer) explain(p *pendingPub, err error) error {
+	if isAPIError(err, jetstream.JSErrCodeStreamWrongLastSequence) {
+		return fmt.Errorf("%w: stream %s/%s changed during the import (another writer appended to it, or its previous event was lost on the way); nothing of it was stored after version %d; run the import again: %w",
+			ErrConflict, p.ev.Category, p.ev.StreamID, p.ev.Version-1, err)
+	}
+	return classify(err)
 }
 
 // checkDuplicate makes sure a deduplicated event is the one stored under its
 // id: the same id on another event means this event was not stored, and its
 // stream would go on with a gap.
-func (imp *importer) checkDuplicate(ctx context.Context, p pendingPub, seq uint64) error {
+func (imp *importer) checkDuplicate(ctx context.Context, p *pendingPub, seq uint64) error {
 	ctx, cancel := context.WithTimeout(ctx, imp.opts.AckTimeout)
 	defer cancel()
 	m, err := imp.stream.GetMsg(ctx, seq)

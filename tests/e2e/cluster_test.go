@@ -381,18 +381,32 @@ func TestDrillClusterLeaderKilled(t *testing.T) {
 }
 
 // TestDrillClusterStepDownStorm: stream, consumer and meta leader
-// step-downs, again and again, while live appends run and sink-cache
-// applies them; Redis ends equal to the fold of the log.
+// step-downs, again and again, while `bridge import` and live appends run
+// and sink-cache and sink-postgres apply them; the log holds every event
+// once, in order, and both read models end equal to its fold.
 func TestDrillClusterStepDownStorm(t *testing.T) {
 	c := startNATSCluster(t)
-	s, _ := newClusterStack(t, c)
+	s, bridgeCfg := newClusterStack(t, c)
 	s.startSink()
 	pg := startClusterPG(t, c, s)
 	w := newWorkload(40*drillScale(), 99) // 99: the last event of a stream is no cancellation, so sink-postgres keeps rows to compare
-	sent := map[string][]string{}
+	file, sent := importFile(t, 200*drillScale(), 100)
 	sentIDs(w, sent)
+	importDone := make(chan error, 1)
+	var importRuns int
+	go func() {
+		var err error
+		importRuns, err = runImport(t, bridgeCfg, file)
+		importDone <- err
+	}()
 	appendDone := make(chan error, 1)
-	go func() { appendDone <- w.appendAll(s, 5, 4) }()
+	go func() {
+		err := w.appendAll(s, 5, 4)
+		if ierr := <-importDone; err == nil {
+			err = ierr
+		}
+		appendDone <- err
+	}()
 
 	var stepDowns, refused atomic.Int64
 	stop := make(chan struct{})
@@ -448,8 +462,8 @@ func TestDrillClusterStepDownStorm(t *testing.T) {
 	}
 	n := foldEquals(t, c, s, pg, sent)
 	_, metrics := get(s.sinkAdmin + "/metrics")
-	t.Logf("drill step-down storm: %d events, %d leader step-downs (%d refused), %d client retries of 503s; Redis and PostgreSQL equal the fold of the log, 0 lost, 0 applied twice; sink-cache %s",
-		n, stepDowns.Load(), refused.Load(), s.retries.Load(), metricLine(metrics, "jetsync_sink_consumer_recreated_total"))
+	t.Logf("drill step-down storm: %d events (%d imported in %d import runs, %d appended live), %d leader step-downs (%d refused), %d client retries of 503s; Redis and PostgreSQL equal the fold of the log, 0 lost, 0 applied twice; sink-cache %s",
+		n, 200*drillScale()*100, importRuns, w.total(), stepDowns.Load(), refused.Load(), s.retries.Load(), metricLine(metrics, "jetsync_sink_consumer_recreated_total"))
 }
 
 // metricLine sums a counter's series in a /metrics page, per label set.
