@@ -89,5 +89,16 @@ func TestNATSAuthEveryComponent(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), sinkName) {
 		t.Fatalf("jetsyncctl status with JETSYNC_NATS_*: %v\n%s", err, out)
 	}
-	t.Logf("TLS + user/password NATS: bridge serve, bridge import, sink-cache and jetsyncctl all connected; %d events folded", w.total()+10)
+	// The same with flags, and a half-given login refused before connecting.
+	tlsURL := strings.Replace(ns.URL(), "nats://", "tls://", 1)
+	flags := exec.Command(filepath.Join(binDir, "jetsyncctl"), "-nats", tlsURL, "-nats-user", "jetsync", "-nats-password", "nats-pw", "-nats-ca", caFile, "status")
+	if out, err := flags.CombinedOutput(); err != nil || !strings.Contains(string(out), sinkName) {
+		t.Fatalf("jetsyncctl status with -nats-* flags: %v\n%s", err, out)
+	}
+	half := exec.Command(filepath.Join(binDir, "jetsyncctl"), "-nats", tlsURL, "-nats-user", "jetsync", "status")
+	out, _ = half.CombinedOutput()
+	if half.ProcessState.ExitCode() != 2 || !strings.Contains(string(out), "nats.password") {
+		t.Fatalf("jetsyncctl with a user and no password: exit %d, want 2 naming nats.password:\n%s", half.ProcessState.ExitCode(), out)
+	}
+	t.Logf("TLS + user/password NATS: bridge serve, bridge import, sink-cache and jetsyncctl (environment and flags) all connected; %d events folded", w.total()+10)
 }
