@@ -234,10 +234,13 @@ func importFile(t *testing.T, streams, perStream int) (string, map[string][]stri
 // runImport runs `bridge import` until it succeeds, as an operator would:
 // it is idempotent, so a run cut short by a node loss is simply run again.
 // It returns how many runs it took.
-func runImport(t *testing.T, bridgeCfg, file string) (int, error) {
+func runImport(t *testing.T, bridgeCfg, file string, firstRunDone ...*atomic.Bool) (int, error) {
 	for run := 1; run <= 20; run++ {
 		p := startProc(t, "bridge", "import", "-config", bridgeCfg, "-progress=false", file)
 		code := p.waitExit(5 * time.Minute)
+		for _, d := range firstRunDone {
+			d.Store(true)
+		}
 		if code == 0 {
 			return run, nil
 		}
@@ -327,9 +330,10 @@ func TestDrillClusterLeaderKilled(t *testing.T) {
 
 	importDone := make(chan error, 1)
 	var importRuns int
+	var firstRunDone atomic.Bool
 	go func() {
 		var err error
-		importRuns, err = runImport(t, bridgeCfg, file)
+		importRuns, err = runImport(t, bridgeCfg, file, &firstRunDone)
 		importDone <- err
 	}()
 	appendDone := make(chan error, 1)
@@ -394,9 +398,10 @@ func TestDrillClusterStepDownStorm(t *testing.T) {
 	sentIDs(w, sent)
 	importDone := make(chan error, 1)
 	var importRuns int
+	var firstRunDone atomic.Bool
 	go func() {
 		var err error
-		importRuns, err = runImport(t, bridgeCfg, file)
+		importRuns, err = runImport(t, bridgeCfg, file, &firstRunDone)
 		importDone <- err
 	}()
 	appendDone := make(chan error, 1)
@@ -445,8 +450,9 @@ func TestDrillClusterStepDownStorm(t *testing.T) {
 	})
 	err := <-appendDone
 	if err == nil {
-		// The storm goes on while the sinks catch up, to a minimum size.
-		testenv.Eventually(t, 2*time.Minute, func() bool { return stepDowns.Load() >= int64(15*drillScale()) },
+		// The storm goes on over the whole first import run and while the
+		// sinks catch up, to a minimum size.
+		testenv.Eventually(t, 5*time.Minute, func() bool { return firstRunDone.Load() && stepDowns.Load() >= int64(15*drillScale()) },
 			"only %d step-downs succeeded: the storm did not happen", stepDowns.Load())
 	}
 	close(stop)
