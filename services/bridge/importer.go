@@ -616,6 +616,13 @@ func (imp *importer) explain(p *pendingPub, err error) error {
 		return fmt.Errorf("%w: stream %s/%s changed during the import (another writer appended to it, or an event of an earlier, interrupted run was stored late); nothing of it was stored after version %d; run the import again: %w",
 			ErrConflict, p.ev.Category, p.ev.StreamID, p.ev.Version-1, err)
 	}
+	if isAPIError(err, codeDuplicateInProcess) {
+		// The cluster still holds an earlier copy of this event (a run cut
+		// short by a leader change) in its commit queue: it will be stored
+		// or dropped, and a later run either skips it or publishes it.
+		return fmt.Errorf("%w: an earlier copy of event %q is still being committed by the cluster; run the import again in a moment: %w",
+			ErrUnavailable, p.ev.ID, err)
+	}
 	return classify(err)
 }
 

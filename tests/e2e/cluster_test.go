@@ -235,7 +235,8 @@ func importFile(t *testing.T, streams, perStream int) (string, map[string][]stri
 // it is idempotent, so a run cut short by a node loss is simply run again.
 // It returns how many runs it took.
 func runImport(t *testing.T, bridgeCfg, file string, firstRunDone ...*atomic.Bool) (int, error) {
-	for run := 1; run <= 20; run++ {
+	deadline := time.Now().Add(10 * time.Minute)
+	for run := 1; time.Now().Before(deadline); run++ {
 		p := startProc(t, "bridge", "import", "-config", bridgeCfg, "-progress=false", file)
 		code := p.waitExit(5 * time.Minute)
 		for _, d := range firstRunDone {
@@ -245,9 +246,9 @@ func runImport(t *testing.T, bridgeCfg, file string, firstRunDone ...*atomic.Boo
 			return run, nil
 		}
 		t.Logf("import run %d exited %d (run again: imports are idempotent): %s", run, code, lastLine(p.output()))
-		time.Sleep(time.Second)
+		time.Sleep(time.Duration(min(run, 5)) * time.Second)
 	}
-	return 0, fmt.Errorf("bridge import did not succeed in 20 runs")
+	return 0, fmt.Errorf("bridge import did not succeed in 10 minutes of runs")
 }
 
 func lastLine(s string) string {
