@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetsync/jetsync/pkg/config"
 	"github.com/jetsync/jetsync/pkg/control"
 	"github.com/jetsync/jetsync/pkg/deadletter"
 	"github.com/jetsync/jetsync/pkg/natsutil"
@@ -36,14 +37,15 @@ func usageErr(format string, args ...any) error {
 func run(ctx context.Context, args []string, out, errOut io.Writer) error {
 	fs := flag.NewFlagSet("jetsyncctl", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	url := os.Getenv("JETSYNC_NATS_URL")
-	if url == "" {
-		url = "nats://127.0.0.1:4222"
-	}
-	natsURL := fs.String("nats", url, "NATS URL")
+	ncfg := natsFlags(fs)
 	stream := fs.String("stream", natsutil.DefaultStream, "event stream")
 	if err := fs.Parse(args); err != nil {
 		return usageErr("%v", err)
+	}
+	var problems config.Problems
+	ncfg.Validate("nats", &problems)
+	if err := problems.Err(); err != nil {
+		return usageErr("%v (flags -nats, -nats-creds, -nats-user, -nats-password, -nats-token, -nats-ca, -nats-cert, -nats-key or JETSYNC_NATS_*)", err)
 	}
 	args = fs.Args()
 	if len(args) == 0 {
@@ -55,9 +57,9 @@ func run(ctx context.Context, args []string, out, errOut io.Writer) error {
 		return usageErr("unknown command %q", args[0])
 	}
 
-	nc, err := nats.Connect(*natsURL, nats.Name("jetsyncctl"), nats.Timeout(3*time.Second))
+	nc, err := nats.Connect(strings.Join(ncfg.URLs(), ","), append(ncfg.Options(), nats.Name("jetsyncctl"), nats.Timeout(3*time.Second))...)
 	if err != nil {
-		return fmt.Errorf("connecting to NATS at %s: %w (set -nats or JETSYNC_NATS_URL)", *natsURL, err)
+		return fmt.Errorf("connecting to NATS at %s: %w (set -nats or JETSYNC_NATS_URL)", ncfg.URL, err)
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
@@ -86,6 +88,29 @@ func run(ctx context.Context, args []string, out, errOut io.Writer) error {
 	default:
 		return c.dlq(ctx, args[1:])
 	}
+}
+
+// natsFlags registers the NATS connection flags, each defaulting to the
+// environment variable a service's nats.* key reads (JETSYNC_NATS_URL for
+// nats.url, JETSYNC_NATS_TLS_CA for nats.tls.ca), so one environment serves
+// the services and jetsyncctl alike.
+func natsFlags(fs *flag.FlagSet) *natsutil.Config {
+	c := &natsutil.Config{}
+	env := func(name, def string) string {
+		if v := os.Getenv("JETSYNC_NATS_" + name); v != "" {
+			return v
+		}
+		return def
+	}
+	fs.StringVar(&c.URL, "nats", env("URL", "nats://127.0.0.1:4222"), "NATS URL; several servers of a cluster comma-separated")
+	fs.StringVar(&c.Creds, "nats-creds", env("CREDS", ""), "NATS .creds file")
+	fs.StringVar(&c.User, "nats-user", env("USER", ""), "NATS user")
+	fs.StringVar(&c.Password, "nats-password", env("PASSWORD", ""), "NATS password (prefer JETSYNC_NATS_PASSWORD)")
+	fs.StringVar(&c.Token, "nats-token", env("TOKEN", ""), "NATS token (prefer JETSYNC_NATS_TOKEN)")
+	fs.StringVar(&c.TLS.CA, "nats-ca", env("TLS_CA", ""), "CA file that signed the NATS servers' certificates")
+	fs.StringVar(&c.TLS.Cert, "nats-cert", env("TLS_CERT", ""), "client certificate file for NATS")
+	fs.StringVar(&c.TLS.Key, "nats-key", env("TLS_KEY", ""), "client key file for NATS")
+	return c
 }
 
 // splitArgs parses flags wherever they stand among the positional

@@ -56,7 +56,12 @@ const usage = `jetsyncctl: operate jetsync sinks
   dlq discard SINK --stream CATEGORY/ID
                                   drop the stream's parked events and un-park it
 
-  -nats defaults to $JETSYNC_NATS_URL or nats://127.0.0.1:4222; -stream to EVENTS.
+  -nats defaults to $JETSYNC_NATS_URL or nats://127.0.0.1:4222 (a cluster: several URLs,
+  comma-separated); -stream to EVENTS. Logging in to NATS: -nats-creds FILE, -nats-user and
+  -nats-password, or -nats-token; TLS: -nats-ca FILE, -nats-cert FILE -nats-key FILE. Each defaults
+  to the variable a service reads for the same key: JETSYNC_NATS_CREDS, JETSYNC_NATS_USER,
+  JETSYNC_NATS_PASSWORD, JETSYNC_NATS_TOKEN, JETSYNC_NATS_TLS_CA, JETSYNC_NATS_TLS_CERT,
+  JETSYNC_NATS_TLS_KEY.
 `
 
 // errUsage marks bad usage or input: exit code 2, nothing changed.

@@ -10,6 +10,8 @@ import (
 	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetsync/jetsync/pkg/natsutil"
 )
 
 // Store keeps one checkpoint per sink name.
@@ -45,17 +47,39 @@ var _ interface {
 	Resetter
 } = (*KV)(nil)
 
-// NewKV opens (creating when missing) the checkpoint bucket.
+// NewKV opens the checkpoint bucket, creating it (one replica) when
+// missing.
 func NewKV(ctx context.Context, js jetstream.JetStream, bucket string) (*KV, error) {
+	return OpenKV(ctx, js, bucket, 1)
+}
+
+// BucketConfig is the checkpoint bucket's configuration.
+func BucketConfig(bucket string, replicas int) jetstream.KeyValueConfig {
 	if bucket == "" {
 		bucket = DefaultBucket
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	return jetstream.KeyValueConfig{
 		Bucket:      bucket,
 		Description: "jetsync sink checkpoints",
 		History:     5,
 		Storage:     jetstream.FileStorage,
-	})
+		Replicas:    max(replicas, 1),
+	}
+}
+
+// Provision creates the checkpoint bucket or updates it to replicas (the
+// bridge, on a cluster: R3 checkpoints survive a node).
+func Provision(ctx context.Context, js jetstream.JetStream, bucket string, replicas int) error {
+	_, err := natsutil.ProvisionKV(ctx, js, BucketConfig(bucket, replicas), "stream.replicas")
+	return err
+}
+
+// OpenKV opens the checkpoint bucket as it is (never changing what the
+// bridge provisioned), creating it with replicas when missing.
+func OpenKV(ctx context.Context, js jetstream.JetStream, bucket string, replicas int) (*KV, error) {
+	cfg := BucketConfig(bucket, replicas)
+	bucket = cfg.Bucket
+	kv, err := natsutil.OpenKV(ctx, js, cfg, "checkpoint.replicas")
 	if err != nil {
 		return nil, fmt.Errorf("opening checkpoint bucket %s: %w", bucket, err)
 	}

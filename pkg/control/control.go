@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetsync/jetsync/pkg/envelope"
+	"github.com/jetsync/jetsync/pkg/natsutil"
 )
 
 // Bucket is the KV bucket of the control plane.
@@ -94,14 +95,27 @@ type ResetRequest struct {
 // Store is the control bucket.
 type Store struct{ kv jetstream.KeyValue }
 
-// Open opens (creating when missing) the control bucket.
-func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+func bucketConfig(replicas int) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
 		Bucket:      Bucket,
 		Description: "jetsync sink status and reset requests",
 		History:     1,
 		Storage:     jetstream.FileStorage,
-	})
+		Replicas:    max(replicas, 1),
+	}
+}
+
+// Provision creates the control bucket or updates it to replicas (the
+// bridge).
+func Provision(ctx context.Context, js jetstream.JetStream, replicas int) error {
+	_, err := natsutil.ProvisionKV(ctx, js, bucketConfig(replicas), "stream.replicas")
+	return err
+}
+
+// Open opens the control bucket as it is, creating it (one replica; the
+// bridge scales it to its stream.replicas) when missing.
+func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
+	kv, err := natsutil.OpenKV(ctx, js, bucketConfig(1), "stream.replicas")
 	if err != nil {
 		return nil, fmt.Errorf("opening control bucket %s: %w", Bucket, err)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetsync/jetsync/pkg/envelope"
+	"github.com/jetsync/jetsync/pkg/natsutil"
 	"github.com/jetsync/jetsync/pkg/sink"
 )
 
@@ -50,17 +51,31 @@ type Queue struct {
 
 var _ sink.DeadLetterStore = (*Queue)(nil)
 
-// Open creates the DLQ stream when missing. Unlike the event log, dead
-// letters may be deleted: that is what discard and a successful retry do.
-func Open(ctx context.Context, js jetstream.JetStream) (*Queue, error) {
-	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+// streamConfig is the DLQ stream's configuration. Unlike the event log,
+// dead letters may be deleted: that is what discard and a successful retry
+// do.
+func streamConfig(replicas int) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
 		Name:        Stream,
 		Description: "jetsync dead letters: dlq.<sink>",
 		Subjects:    []string{"dlq.>"},
 		Storage:     jetstream.FileStorage,
 		AllowDirect: true,
 		Duplicates:  10 * time.Minute,
-	})
+		Replicas:    max(replicas, 1),
+	}
+}
+
+// Provision creates the DLQ stream or updates it to replicas (the bridge).
+func Provision(ctx context.Context, js jetstream.JetStream, replicas int) error {
+	_, err := natsutil.ProvisionStream(ctx, js, streamConfig(replicas), "stream.replicas")
+	return err
+}
+
+// Open opens the DLQ stream as it is, creating it (one replica; the bridge
+// scales it to its stream.replicas) when missing.
+func Open(ctx context.Context, js jetstream.JetStream) (*Queue, error) {
+	s, err := natsutil.OpenStream(ctx, js, streamConfig(1), "stream.replicas")
 	if err != nil {
 		return nil, fmt.Errorf("opening dead-letter stream %s: %w", Stream, err)
 	}

@@ -30,6 +30,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetsync/jetsync/pkg/natsutil"
 )
 
 // DefaultBucket is the KV bucket holding the sinks' leases.
@@ -95,20 +97,38 @@ type Store struct {
 // make the server tell watchers when a lease expired, so a standby takes
 // over as soon as the TTL passed rather than at its next poll.
 func Open(ctx context.Context, js jetstream.JetStream, bucket string) (*Store, error) {
+	cfg := BucketConfig(bucket, 1)
+	bucket = cfg.Bucket
+	// As it is: on a cluster the bridge provisioned it with
+	// stream.replicas (Provision), which a sink must not scale down.
+	kv, err := natsutil.OpenKV(ctx, js, cfg, "stream.replicas")
+	if err != nil {
+		return nil, fmt.Errorf("opening lease bucket %s: %w", bucket, err)
+	}
+	return &Store{js: js, kv: kv, bucket: bucket}, nil
+}
+
+// BucketConfig is the lease bucket's configuration.
+func BucketConfig(bucket string, replicas int) jetstream.KeyValueConfig {
 	if bucket == "" {
 		bucket = DefaultBucket
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	return jetstream.KeyValueConfig{
 		Bucket:         bucket,
 		Description:    "jetsync sink leases: the active instance of each sink and its standbys",
 		History:        1,
 		Storage:        jetstream.FileStorage,
 		LimitMarkerTTL: time.Minute,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("opening lease bucket %s: %w", bucket, err)
+		Replicas:       max(replicas, 1),
 	}
-	return &Store{js: js, kv: kv, bucket: bucket}, nil
+}
+
+// Provision creates the default lease bucket or updates it to replicas
+// (the bridge, with stream.replicas: on a cluster a lease bucket on one
+// node would end every sink's tenure with that node).
+func Provision(ctx context.Context, js jetstream.JetStream, replicas int) error {
+	_, err := natsutil.ProvisionKV(ctx, js, BucketConfig(DefaultBucket, replicas), "stream.replicas")
+	return err
 }
 
 // Look opens the lease bucket if it exists (jetsyncctl: reading must not

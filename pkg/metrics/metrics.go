@@ -24,10 +24,14 @@ type Sink struct {
 	delay       prometheus.Histogram
 	retries     prometheus.Counter
 	errors      *prometheus.CounterVec
+	recreated   *prometheus.CounterVec
 	labels      prometheus.Labels
 }
 
-var _ sink.Observer = (*Sink)(nil)
+var (
+	_ sink.Observer         = (*Sink)(nil)
+	_ sink.ConsumerObserver = (*Sink)(nil)
+)
 
 // Lag is what the monitor measures about the stream around the sink.
 type Lag struct {
@@ -62,11 +66,13 @@ func NewSink(name string, lag func() Lag, stoppedAt func() uint64) *Sink {
 		retries:     prometheus.NewCounter(prometheus.CounterOpts(opts("retries_total", "Failed attempts that are retried."))),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts(opts("errors_total",
 			"Errors by kind: transient (retried), skipped, dead-lettered, parked (dead-lettered behind an earlier event of its stream, not attempted), stopped.")), []string{"kind"}),
+		recreated: prometheus.NewCounterVec(prometheus.CounterOpts(opts("consumer_recreated_total",
+			"Event consumers recreated from the checkpoint, by reason: stalled (the stream moved on, nothing arrived for stall_timeout), closed (the consumer gave up).")), []string{"reason"}),
 	}
 	gauge := func(n, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts(n, help)), f)
 	}
-	m.Registry.MustRegister(m.applied, m.batches, m.batchEvents, m.batchBytes, m.flush, m.delay, m.retries, m.errors,
+	m.Registry.MustRegister(m.applied, m.batches, m.batchEvents, m.batchBytes, m.flush, m.delay, m.retries, m.errors, m.recreated,
 		gauge("checkpoint_position", "Position of the last applied event.", func() float64 { return float64(lag().Checkpoint) }),
 		gauge("stream_head_position", "Last position in the stream matching the sink's filters.", func() float64 { return float64(lag().Head) }),
 		gauge("lag_events", "Positions between the checkpoint and the head.", func() float64 { return float64(lag().Events) }),
@@ -77,6 +83,9 @@ func NewSink(name string, lag func() Lag, stoppedAt func() uint64) *Sink {
 	)
 	for _, k := range []string{"transient", "skipped", "dead-lettered", "parked", "stopped"} {
 		m.errors.WithLabelValues(k) // export zeros from the start
+	}
+	for _, r := range []string{sink.RecreatedStalled, sink.RecreatedClosed} {
+		m.recreated.WithLabelValues(r)
 	}
 	return m
 }
@@ -139,3 +148,6 @@ func (m *Sink) Retried(err error) {
 
 // EventFailed implements sink.Observer.
 func (m *Sink) EventFailed(kind string) { m.errors.WithLabelValues(kind).Inc() }
+
+// ConsumerRecreated implements sink.ConsumerObserver.
+func (m *Sink) ConsumerRecreated(reason string) { m.recreated.WithLabelValues(reason).Inc() }

@@ -7,6 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -20,10 +23,9 @@ import (
 // DefaultStream is the JetStream stream that holds every event.
 const DefaultStream = "EVENTS"
 
-// Connect dials url and keeps reconnecting forever: a sink or bridge outlives
-// NATS restarts instead of dying with them.
-// opts are added after (so they override) the defaults.
-func Connect(url, name string, log *slog.Logger, opts ...nats.Option) (*nats.Conn, error) {
+// connect dials url (comma-separated servers) with the defaults Connect
+// documents.
+func connect(url, name string, log *slog.Logger, opts ...nats.Option) (*nats.Conn, error) {
 	nc, err := nats.Connect(url, append([]nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
@@ -48,6 +50,19 @@ type EmbeddedConfig struct {
 	Host     string `yaml:"host"`
 	Port     int    `yaml:"port"`      // -1 picks a free port
 	StoreDir string `yaml:"store_dir"` // JetStream file store
+	// ServerName names the server; a cluster's nodes need distinct names.
+	ServerName string `yaml:"server_name"`
+	// Cluster makes the server a node of a JetStream cluster (`bridge
+	// nats` runs one node without the bridge: make up CLUSTER=3).
+	Cluster ClusterConfig `yaml:"cluster"`
+}
+
+// ClusterConfig joins the embedded server to a cluster: every node names
+// the same cluster and routes to the others' cluster ports.
+type ClusterConfig struct {
+	Name   string   `yaml:"name"`   // empty: a single server
+	Listen string   `yaml:"listen"` // host:port for routes from the other nodes
+	Routes []string `yaml:"routes"` // nats-route://host:port of every node (its own included is fine)
 }
 
 // Validate reports problems under the key prefix.
@@ -58,12 +73,27 @@ func (c EmbeddedConfig) Validate(prefix string, p *config.Problems) {
 	if c.Port < -1 || c.Port > 65535 {
 		p.Addf(prefix+".port", "must be a TCP port (0..65535) or -1 for a free one, got %d", c.Port)
 	}
+	if c.Cluster.Name == "" {
+		if c.Cluster.Listen != "" || len(c.Cluster.Routes) > 0 {
+			p.Addf(prefix+".cluster.name", "is required with cluster.listen or cluster.routes, e.g. jetsync")
+		}
+		return
+	}
+	if _, _, err := net.SplitHostPort(c.Cluster.Listen); err != nil {
+		p.Addf(prefix+".cluster.listen", "must be host:port for the other nodes' routes, e.g. 127.0.0.1:6222, got %q", c.Cluster.Listen)
+	}
+	if len(c.Cluster.Routes) == 0 {
+		p.Addf(prefix+".cluster.routes", "needs the route URL of every node, e.g. [nats-route://127.0.0.1:6222, nats-route://127.0.0.1:6223, nats-route://127.0.0.1:6224]")
+	}
+	if c.ServerName == "" {
+		p.Addf(prefix+".server_name", "is required in a cluster: every node needs its own name, e.g. nats-1")
+	}
 }
 
 // RunEmbedded starts a JetStream-enabled NATS server in this process.
 func RunEmbedded(c EmbeddedConfig) (*server.Server, error) {
 	opts := &server.Options{
-		ServerName: "jetsync-embedded",
+		ServerName: c.ServerName,
 		Host:       c.Host,
 		Port:       c.Port,
 		JetStream:  true,
@@ -71,8 +101,22 @@ func RunEmbedded(c EmbeddedConfig) (*server.Server, error) {
 		NoSigs:     true,
 		NoLog:      true,
 	}
+	if opts.ServerName == "" {
+		opts.ServerName = "jetsync-embedded"
+	}
 	if opts.Host == "" {
 		opts.Host = "127.0.0.1"
+	}
+	if c.Cluster.Name != "" {
+		host, port, err := net.SplitHostPort(c.Cluster.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("embedded NATS: cluster.listen: %w", err)
+		}
+		opts.Cluster = server.ClusterOpts{Name: c.Cluster.Name, Host: host}
+		if opts.Cluster.Port, err = strconv.Atoi(port); err != nil {
+			return nil, fmt.Errorf("embedded NATS: cluster.listen port %q: %w", port, err)
+		}
+		opts.Routes = server.RoutesFromStr(strings.Join(c.Cluster.Routes, ","))
 	}
 	s, err := server.NewServer(opts)
 	if err != nil {
@@ -154,8 +198,15 @@ func (c StreamConfig) JetStreamConfig() jetstream.StreamConfig {
 // configuration; running it twice changes nothing.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, c StreamConfig) (jetstream.Stream, error) {
 	s, err := js.CreateOrUpdateStream(ctx, c.JetStreamConfig())
-	if err != nil {
+	if rerr := ReplicasError(err, "provisioning stream "+c.Name, "stream.replicas", c.Replicas); rerr != err {
+		return nil, rerr
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
 		return nil, fmt.Errorf("provisioning stream %s: %w (atomic batch publish needs nats-server >= 2.12)", c.Name, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("provisioning stream %s: %w (is JetStream up, and on a cluster does the stream have a leader?)", c.Name, err)
 	}
 	return s, nil
 }
@@ -176,4 +227,45 @@ func LastPosition(ctx context.Context, s jetstream.Stream, filters []string) (ui
 		head = max(head, m.Sequence)
 	}
 	return head, nil
+}
+
+// OpenKV opens the bucket cfg names as it is, creating it with cfg when
+// missing. Sinks open their buckets this way: updating one to the sink's
+// configuration would scale down what the bridge provisioned with more
+// replicas (ProvisionKV). key names the setting cfg.Replicas comes from.
+func OpenKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig, key string) (jetstream.KeyValue, error) {
+	kv, err := js.KeyValue(ctx, cfg.Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateKeyValue(ctx, cfg)
+		if errors.Is(err, jetstream.ErrBucketExists) { // created meanwhile
+			kv, err = js.KeyValue(ctx, cfg.Bucket)
+		}
+	}
+	return kv, ReplicasError(err, "bucket "+cfg.Bucket, key, cfg.Replicas)
+}
+
+// ProvisionKV creates the bucket or updates it to cfg (the bridge, which
+// owns the replica count of what it provisions).
+func ProvisionKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig, key string) (jetstream.KeyValue, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, cfg)
+	return kv, ReplicasError(err, "bucket "+cfg.Bucket, key, cfg.Replicas)
+}
+
+// OpenStream opens the stream cfg names as it is, creating it with cfg
+// when missing (see OpenKV).
+func OpenStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig, key string) (jetstream.Stream, error) {
+	s, err := js.Stream(ctx, cfg.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		s, err = js.CreateStream(ctx, cfg)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			s, err = js.Stream(ctx, cfg.Name)
+		}
+	}
+	return s, ReplicasError(err, "stream "+cfg.Name, key, cfg.Replicas)
+}
+
+// ProvisionStream creates the stream or updates it to cfg (see ProvisionKV).
+func ProvisionStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig, key string) (jetstream.Stream, error) {
+	s, err := js.CreateOrUpdateStream(ctx, cfg)
+	return s, ReplicasError(err, "stream "+cfg.Name, key, cfg.Replicas)
 }

@@ -33,18 +33,28 @@ const (
 // Config is what every sink service shares. Services embed it with
 // `yaml:",inline"` so its keys sit at the top of their YAML file.
 type Config struct {
-	Name    string      `yaml:"name"`
-	NATS    NATSConfig  `yaml:"nats"`
-	Stream  string      `yaml:"stream"`
-	Filters []string    `yaml:"filters"`
-	Batch   BatchConfig `yaml:"batch"`
-	Retry   RetryConfig `yaml:"retry"`
-	OnError string      `yaml:"on_error"`
+	Name    string          `yaml:"name"`
+	NATS    natsutil.Config `yaml:"nats"`
+	Stream  string          `yaml:"stream"`
+	Filters []string        `yaml:"filters"`
+	Batch   BatchConfig     `yaml:"batch"`
+	Retry   RetryConfig     `yaml:"retry"`
+	OnError string          `yaml:"on_error"`
 	// ShutdownTimeout bounds how long SIGTERM may spend flushing the last
 	// batch; what is not written by then is read again on the next start.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
-	Checkpoint      struct {
+	// StallTimeout is how long the consumer may deliver nothing while the
+	// stream holds events past the last one delivered and the sink is
+	// idle, before it is recreated from the checkpoint (a consumer that
+	// stalls silently after a NATS leader change or restart); 0 turns the
+	// check off.
+	StallTimeout time.Duration `yaml:"stall_timeout"`
+	Checkpoint   struct {
 		Bucket string `yaml:"bucket"`
+		// Replicas of the bucket when this sink creates it (it is
+		// missing); an existing bucket is used as it is. The bridge
+		// provisions the default bucket with its stream.replicas.
+		Replicas int `yaml:"replicas"`
 	} `yaml:"checkpoint"`
 	// HTTP is the sink's admin server: /metrics, /healthz, /readyz, /wait.
 	HTTP HTTPConfig `yaml:"http"`
@@ -140,11 +150,6 @@ func (c *Config) Categories() []string {
 	return out
 }
 
-// NATSConfig says where the event stream lives.
-type NATSConfig struct {
-	URL string `yaml:"url"`
-}
-
 // BatchConfig: a batch is flushed when any limit is reached.
 type BatchConfig struct {
 	MaxEvents   int             `yaml:"max_events"`
@@ -167,15 +172,17 @@ type RetryConfig struct {
 func DefaultConfig(name string) Config {
 	c := Config{
 		Name:            name,
-		NATS:            NATSConfig{URL: "nats://127.0.0.1:4222"},
+		NATS:            natsutil.Config{URL: "nats://127.0.0.1:4222"},
 		Stream:          natsutil.DefaultStream,
 		Filters:         []string{envelope.SubjectPrefix + ".>"},
 		Batch:           BatchConfig{MaxEvents: 1000, MaxBytes: 1 << 20, MaxInterval: 20 * time.Millisecond, FlushWhenIdle: true},
 		Retry:           RetryConfig{Initial: 50 * time.Millisecond, Max: 5 * time.Second},
 		OnError:         OnErrorStop,
 		ShutdownTimeout: 10 * time.Second,
+		StallTimeout:    30 * time.Second,
 	}
 	c.Checkpoint.Bucket = "jetsync-checkpoints"
+	c.Checkpoint.Replicas = 1
 	c.HTTP.Listen = "127.0.0.1:9090"
 	c.HA = HAConfig{Lease: 10 * time.Second, Bucket: "jetsync-leases"}
 	return c
@@ -187,8 +194,9 @@ func (c *Config) Validate(p *config.Problems) {
 		p.Addf("name", "must be a sink name without dots, spaces or wildcards, e.g. cache (got %q)", c.Name)
 	}
 	if c.NATS.URL == "" {
-		p.Addf("nats.url", "is required, e.g. nats://127.0.0.1:4222")
+		p.Addf("nats.url", "is required, e.g. nats://127.0.0.1:4222 (several servers of a cluster: comma-separated)")
 	}
+	c.NATS.Validate("nats", p)
 	if err := envelope.ValidateToken("stream", c.Stream); err != nil {
 		p.Addf("stream", "must be a JetStream stream name, e.g. EVENTS (got %q)", c.Stream)
 	}
@@ -221,8 +229,14 @@ func (c *Config) Validate(p *config.Problems) {
 	if c.ShutdownTimeout <= 0 {
 		p.Addf("shutdown_timeout", "must be positive, e.g. 10s")
 	}
+	if c.StallTimeout < 0 || c.StallTimeout > 0 && c.StallTimeout < time.Second {
+		p.Addf("stall_timeout", "must be at least 1s (longer than the consumer's own heartbeat recovery, e.g. 30s), or 0 to turn the stall check off; got %s", c.StallTimeout)
+	}
 	if err := envelope.ValidateToken("checkpoint.bucket", c.Checkpoint.Bucket); err != nil {
 		p.Addf("checkpoint.bucket", "must be a KV bucket name without dots or spaces (got %q)", c.Checkpoint.Bucket)
+	}
+	if c.Checkpoint.Replicas < 1 || c.Checkpoint.Replicas > 5 {
+		p.Addf("checkpoint.replicas", "must be between 1 and 5, got %d; 3 on a cluster", c.Checkpoint.Replicas)
 	}
 	c.HTTP.validate(p)
 	if c.HA.Lease < 2*time.Second || c.HA.Lease > 10*time.Minute || c.HA.Lease%time.Second != 0 {

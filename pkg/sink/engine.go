@@ -90,6 +90,7 @@ type Engine struct {
 
 	letters DeadLetterStore // the dead-letter store parking needs (on_error "park")
 	parked  parking
+	headS   jetstream.Stream // the event stream, for the stall check (stall.go)
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced whenever the checkpoint moves or the sink stops
@@ -381,6 +382,8 @@ func (e *Engine) Run(ctx context.Context) (err error) {
 		}
 	}
 
+	var lost int      // consumers lost in a row without progress
+	var lostAt uint64 // the checkpoint when the last one was lost
 	for {
 		var pos uint64
 		if err := e.retry(ctx, "load checkpoint", func(ctx context.Context) (err error) {
@@ -392,6 +395,21 @@ func (e *Engine) Run(ctx context.Context) (err error) {
 		e.setCheckpoint(pos)
 
 		reset, err := e.runFrom(ctx, wctx, pos)
+		if reset == nil && isConsumerLost(err) {
+			// Start a new consumer from the checkpoint; losing it again
+			// without progress backs off.
+			if e.stats.checkpoint.Load() > lostAt {
+				lost = 0
+			}
+			lostAt = e.stats.checkpoint.Load()
+			select {
+			case <-time.After(backoff(lost, e.cfg.Retry.Initial, e.cfg.Retry.Max)):
+			case <-ctx.Done():
+				return e.cleanStop(ctx.Err())
+			}
+			lost++
+			continue
+		}
 		if reset == nil {
 			var stop *StopError
 			if !e.holdOnStop || !errors.As(err, &stop) {
@@ -450,7 +468,8 @@ func (e *Engine) runFrom(ctx, wctx context.Context, pos uint64) (*resetRequest, 
 		writerErr = e.writeLoop(wctx, batches)
 	}()
 
-	reset, loopErr := e.batchLoop(ctx, items, cc.Closed(), batches, writerDone)
+	watch := newStallWatch(e.cfg.StallTimeout, pos)
+	reset, loopErr := e.batchLoop(ctx, items, cc.Closed(), batches, writerDone, &watch)
 	close(batches)
 	<-writerDone
 	if writerErr != nil { // the writer's error is the cause; the loop only saw it stop
@@ -555,8 +574,10 @@ func (e *Engine) decode(msg jetstream.Msg) (it item, ok bool) {
 // batches to the writer. Handing off blocks while the writer is busy, so at
 // most one batch is written and one is filling. A reset request ends it
 // without handing off the partial batch: those events are read again.
-func (e *Engine) batchLoop(ctx context.Context, items <-chan item, consumerClosed <-chan struct{}, batches chan<- *Batch, writerDone <-chan struct{}) (*resetRequest, error) {
+func (e *Engine) batchLoop(ctx context.Context, items <-chan item, consumerClosed <-chan struct{}, batches chan<- *Batch, writerDone <-chan struct{}, watch *stallWatch) (*resetRequest, error) {
 	b := NewBatcher(e.cfg.Batch.MaxEvents, int(e.cfg.Batch.MaxBytes), e.cfg.Batch.MaxInterval)
+	stallTick, stopTick := watch.ticker()
+	defer stopTick()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	armed := false
@@ -594,9 +615,22 @@ func (e *Engine) batchLoop(ctx context.Context, items <-chan item, consumerClose
 			if err := handOff(); err != nil {
 				return nil, err
 			}
-			return nil, errors.New("sink: the event consumer closed unexpectedly")
+			return nil, e.consumerLost(RecreatedClosed, "delivered", watch.delivered)
+		case now := <-stallTick:
+			if stuck, head := e.stalled(ctx, watch, now); stuck {
+				if err := handOff(); err != nil {
+					return nil, err
+				}
+				return nil, e.consumerLost(RecreatedStalled, "delivered", watch.delivered, "head", head,
+					"quiet_for", now.Sub(watch.lastSeen).Round(time.Millisecond), "stall_timeout", watch.timeout)
+			}
 		case it := <-items:
 			now := time.Now()
+			if it.bad != nil {
+				watch.saw(it.bad.Position, now)
+			} else {
+				watch.saw(it.ev.Position, now)
+			}
 			if it.bad != nil {
 				if e.cfg.OnError == OnErrorStop {
 					e.log.Error("stopping at malformed event", "position", it.bad.Position, "err", it.bad.Err)

@@ -42,11 +42,15 @@ type Snapshot struct {
 	// ParkedStreams is how many streams the error policy "park" holds in
 	// the dead-letter store, and ParkedEvents how many of their events.
 	ParkedStreams, ParkedEvents int
+	// ConsumerRecreated counts event consumers recreated from the
+	// checkpoint after they stalled or closed (stall.go).
+	ConsumerRecreated uint64
 }
 
 // stats is written by the engine's goroutines and read through Snapshot.
 type stats struct {
 	checkpoint, applied, skipped, batches, bytes, retries atomic.Uint64
+	recreated                                             atomic.Uint64
 	lastFlush                                             atomic.Int64
 	checkpointKnown                                       atomic.Bool
 
@@ -82,6 +86,7 @@ func (s *stats) snapshot(name string) Snapshot {
 		LastError:     s.lastError,
 		LastFlushTime: time.Duration(s.lastFlush.Load()),
 
-		CheckpointKnown: s.checkpointKnown.Load(),
+		CheckpointKnown:   s.checkpointKnown.Load(),
+		ConsumerRecreated: s.recreated.Load(),
 	}
 }

@@ -93,7 +93,7 @@ func New(ctx context.Context, cfg sink.Config, w sink.Writer, log *slog.Logger, 
 	for _, o := range opts {
 		o(s)
 	}
-	nc, err := natsutil.Connect(cfg.NATS.URL, "jetsync-sink-"+cfg.Name, s.log, nats.RetryOnFailedConnect(true))
+	nc, err := natsutil.Connect(cfg.NATS, "jetsync-sink-"+cfg.Name, s.log, nats.RetryOnFailedConnect(true))
 	if err != nil {
 		return nil, err
 	}
@@ -105,7 +105,7 @@ func New(ctx context.Context, cfg sink.Config, w sink.Writer, log *slog.Logger, 
 	// JetStream may not be reachable yet (NATS starting); wait for it.
 	var store *checkpoint.KV
 	for attempt := 0; ; attempt++ {
-		store, err = checkpoint.NewKV(ctx, s.js, cfg.Checkpoint.Bucket)
+		store, err = checkpoint.OpenKV(ctx, s.js, cfg.Checkpoint.Bucket, cfg.Checkpoint.Replicas)
 		if err == nil {
 			if s.ctl, err = control.Open(ctx, s.js); err == nil {
 				if s.dlq, err = deadletter.Open(ctx, s.js); err == nil {

@@ -35,10 +35,11 @@ func FreePort(t testing.TB) int {
 // NATSServer is an in-process JetStream server that can be stopped and
 // started again on the same port and store, like a real restart.
 type NATSServer struct {
-	t        testing.TB
-	port     int
-	storeDir string
-	srv      *server.Server
+	t         testing.TB
+	port      int
+	storeDir  string
+	srv       *server.Server
+	configure func(*server.Options) // NATSWith's changes; nil for a plain server
 }
 
 // NATS starts a JetStream server with its file store in a temp dir; it is
@@ -51,12 +52,38 @@ func NATS(t testing.TB) *NATSServer {
 	return n
 }
 
+// NATSWith starts a JetStream server like NATS, with configure's changes
+// to its options (authorization, TLS); configure runs on every Start.
+func NATSWith(t testing.TB, configure func(*server.Options)) *NATSServer {
+	t.Helper()
+	n := &NATSServer{t: t, port: FreePort(t), storeDir: t.TempDir(), configure: configure}
+	n.Start()
+	t.Cleanup(n.Stop)
+	return n
+}
+
 // URL is the server's client URL.
 func (n *NATSServer) URL() string { return fmt.Sprintf("nats://127.0.0.1:%d", n.port) }
 
 // Start (re)starts the server on its port and store.
 func (n *NATSServer) Start() {
 	n.t.Helper()
+	if n.configure != nil {
+		opts := &server.Options{ServerName: "jetsync-test", Host: "127.0.0.1", Port: n.port, JetStream: true,
+			StoreDir: n.storeDir, NoSigs: true, NoLog: true}
+		n.configure(opts)
+		s, err := server.NewServer(opts)
+		if err != nil {
+			n.t.Fatalf("starting NATS: %v", err)
+		}
+		go s.Start()
+		if !s.ReadyForConnections(15 * time.Second) {
+			s.Shutdown()
+			n.t.Fatalf("NATS did not become ready within 15s")
+		}
+		n.srv = s
+		return
+	}
 	s, err := natsutil.RunEmbedded(natsutil.EmbeddedConfig{Host: "127.0.0.1", Port: n.port, StoreDir: n.storeDir})
 	if err != nil {
 		n.t.Fatalf("starting embedded NATS: %v", err)

@@ -47,7 +47,7 @@ func BenchmarkAppend(b *testing.B) {
 
 func benchAppend(b *testing.B, events, clients int, group bool) {
 	ns := testenv.NATS(b)
-	nc, err := natsutil.Connect(ns.URL(), "bench-append", testLogger(b))
+	nc, err := natsutil.Connect(natsutil.Config{URL: ns.URL()}, "bench-append", testLogger(b))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -561,6 +561,9 @@ func classify(err error) error {
 		errors.Is(err, nats.ErrReconnectBufExceeded),
 		errors.Is(err, nats.ErrInvalidConnection),
 		errors.Is(err, jetstream.ErrJetStreamNotEnabled),
+		// No stream leader answered in time (a cluster electing one):
+		// nothing was stored, the client retries.
+		errors.Is(err, jetstream.ErrNoStreamResponse),
 		errors.As(err, &apiErr) && apiErr.Code == 503:
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}

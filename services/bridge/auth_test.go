@@ -68,7 +68,7 @@ func newAuthEnv(t *testing.T, ac AuthConfig) *authEnv {
 	buf := &syncBuffer{}
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(buf, t.Output()), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ns := testenv.NATS(t)
-	nc, err := natsutil.Connect(ns.URL(), "test-bridge", log)
+	nc, err := natsutil.Connect(natsutil.Config{URL: ns.URL()}, "test-bridge", log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetsync/jetsync/pkg/checkpoint"
+	"github.com/jetsync/jetsync/pkg/control"
+	"github.com/jetsync/jetsync/pkg/deadletter"
 	"github.com/jetsync/jetsync/pkg/httpauth"
+	"github.com/jetsync/jetsync/pkg/lease"
 	"github.com/jetsync/jetsync/pkg/natsutil"
 )
 
@@ -61,24 +65,29 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Bridge, err erro
 		}
 	}()
 
-	url := cfg.NATS.URL
-	if url == "" {
+	ncfg := cfg.NATS.Config
+	if ncfg.URL == "" {
 		if b.ns, err = natsutil.RunEmbedded(cfg.NATS.Embedded); err != nil {
 			return nil, err
 		}
-		url = b.ns.ClientURL()
-		log.Info("embedded NATS running", "url", url, "store_dir", cfg.NATS.Embedded.StoreDir)
+		ncfg = natsutil.Config{URL: b.ns.ClientURL()}
+		log.Info("embedded NATS running", "url", ncfg.URL, "store_dir", cfg.NATS.Embedded.StoreDir)
 	}
-	if b.nc, err = natsutil.Connect(url, "jetsync-bridge", log, nats.ReconnectBufSize(-1)); err != nil {
+	if b.nc, err = natsutil.Connect(ncfg, "jetsync-bridge", log, nats.ReconnectBufSize(-1)); err != nil {
 		return nil, err
 	}
 	if b.js, err = jetstream.New(b.nc, jetstream.WithDefaultTimeout(cfg.Append.Timeout)); err != nil {
 		return nil, err
 	}
-	ectx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	ectx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	stream, err := natsutil.EnsureStream(ectx, b.js, cfg.Stream)
-	if err != nil {
+	var stream jetstream.Stream
+	if err := untilProvisioned(ectx, log, func(ctx context.Context) (err error) {
+		if stream, err = natsutil.EnsureStream(ctx, b.js, cfg.Stream); err != nil {
+			return err
+		}
+		return provisionSinkStores(ctx, b.js, cfg.Stream.Replicas)
+	}); err != nil {
 		return nil, err
 	}
 	b.app = NewAppender(b.js, stream)
@@ -238,7 +247,7 @@ func (b *Bridge) Close(ctx context.Context) error {
 // bad row, a version gap) leaves the API serving; its status and
 // jetsync_relay_up say so.
 func (b *Bridge) startRelay() error {
-	b.relay = NewRelay(b.cfg.Source, b.js, b.cfg.Stream.Name, b.log)
+	b.relay = NewRelay(b.cfg.Source, b.js, b.cfg.Stream, b.log)
 	b.met.WatchRelay(b.relay)
 	if b.cfg.Source.StatusListen != "" {
 		stop, err := serveRelayStatus(b.cfg.Source.StatusListen, b.relay, b.met.Registry, b.log)
@@ -294,4 +303,55 @@ func (b *Bridge) stopNATS(ctx context.Context) error {
 		b.ns.WaitForShutdown()
 	}
 	return err
+}
+
+// untilProvisioned runs provision until it succeeds, fails for good or ctx
+// ends. A cluster that is still forming (no meta leader, peers not known
+// yet, the stream's leader being elected) refuses for a few seconds what
+// it will accept a moment later; the last error is returned.
+func untilProvisioned(ctx context.Context, log *slog.Logger, provision func(context.Context) error) error {
+	for {
+		// Short attempts: a request no server answers yet (no meta leader)
+		// would otherwise take the whole append.timeout each.
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := provision(actx)
+		cancel()
+		if err == nil || !transientJS(err) || ctx.Err() != nil {
+			return err
+		}
+		log.Warn("waiting for JetStream to provision the streams", "err", err)
+		select {
+		case <-time.After(500 * time.Millisecond):
+		case <-ctx.Done():
+			return err
+		}
+	}
+}
+
+// transientJS reports whether a JetStream refusal may pass by itself.
+func transientJS(err error) bool {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return !errors.Is(err, context.Canceled) // timeouts, no responders
+	}
+	switch apiErr.ErrorCode {
+	case 10004, 10005, 10006, 10008, 10009, 10023: // cluster incomplete, no peers, not active, not available, not leader, insufficient resources
+		return true
+	}
+	return apiErr.Code == 503
+}
+
+// provisionSinkStores creates (or scales to replicas) what sinks keep in
+// NATS besides the events: the default checkpoint bucket, the control
+// bucket and the dead-letter stream. On a cluster they need the stream's
+// replica count too, or a node loss takes the sinks' memory with it.
+// Sinks open these as they are and create them (one replica) only when
+// missing, so the bridge's count stands.
+func provisionSinkStores(ctx context.Context, js jetstream.JetStream, replicas int) error {
+	return errors.Join(
+		checkpoint.Provision(ctx, js, checkpoint.DefaultBucket, replicas),
+		control.Provision(ctx, js, replicas),
+		deadletter.Provision(ctx, js, replicas),
+		lease.Provision(ctx, js, replicas),
+	)
 }

@@ -39,6 +39,8 @@ const usage = `usage:
   bridge relay [-config FILE]            publish the rows of a PostgreSQL event table or outbox
                                          (source: section) to the stream; serve runs it too
                                          when source.postgres_url is set
+  bridge nats [-config FILE]             run only the NATS server of nats.embedded (with
+                                         nats.embedded.cluster: one node of a JetStream cluster)
   bridge token-hash [-new]               print the SHA-256 of a token read from stdin for
                                          auth.tokens[].sha256; -new makes a random token
 
@@ -59,6 +61,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return importCmd(ctx, args, stdin, stdout, stderr)
 	case "relay":
 		return relayCmd(ctx, args, stderr)
+	case "nats":
+		return natsCmd(ctx, args, stderr)
 	case "token-hash":
 		return tokenHashCmd(args, stdin, stdout, stderr)
 	case "help":
@@ -139,7 +143,7 @@ func importCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	defer closeIn()
 
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	nc, err := natsutil.Connect(cfg.natsURL(), "jetsync-bridge-import", log)
+	nc, err := natsutil.Connect(cfg.natsClient(), "jetsync-bridge-import", log)
 	if err != nil {
 		fmt.Fprintf(stderr, "bridge import: %v (is `bridge serve` running, or nats.url set?)\n", err)
 		return exitFailed

@@ -2,9 +2,7 @@ package main
 
 import (
 	"net"
-	"net/url"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/jetsync/jetsync/pkg/config"
@@ -48,10 +46,12 @@ type HTTPConfig struct {
 	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
 }
 
-// NATSConfig says where JetStream is. An empty URL runs an embedded server.
+// NATSConfig says where JetStream is and how to log in (natsutil.Config:
+// url, creds, user/password, token, tls). An empty URL runs an embedded
+// server.
 type NATSConfig struct {
-	URL      string                  `yaml:"url"`
-	Embedded natsutil.EmbeddedConfig `yaml:"embedded"`
+	natsutil.Config `yaml:",inline"`
+	Embedded        natsutil.EmbeddedConfig `yaml:"embedded"`
 }
 
 // AppendConfig bounds one append.
@@ -106,16 +106,11 @@ func (c *Config) Validate() error {
 	if c.HTTP.ShutdownTimeout <= 0 {
 		p.Addf("http.shutdown_timeout", "must be positive, e.g. 10s")
 	}
-	if c.NATS.URL != "" {
-		for _, u := range strings.Split(c.NATS.URL, ",") {
-			if reason := validateNATSURL(strings.TrimSpace(u)); reason != "" {
-				p.Addf("nats.url", "%q %s", u, reason)
-			}
-		}
-	} else {
+	c.NATS.Config.Validate("nats", &p)
+	if c.NATS.URL == "" {
 		c.NATS.Embedded.Validate("nats.embedded", &p)
-		if c.Stream.Replicas != 1 {
-			p.Addf("stream.replicas", "must be 1 with the embedded server (nats.url is empty), got %d", c.Stream.Replicas)
+		if c.Stream.Replicas != 1 && c.NATS.Embedded.Cluster.Name == "" {
+			p.Addf("stream.replicas", "must be 1 with the embedded server (nats.url is empty and nats.embedded.cluster is not set), got %d", c.Stream.Replicas)
 		}
 	}
 	c.Stream.Validate("stream", &p)
@@ -162,36 +157,15 @@ func (c *Config) exposed() bool {
 	return !c.authEnabled() && !isLoopback(c.HTTP.Listen)
 }
 
-func validateNATSURL(u string) string {
-	if u == "" {
-		return "is an empty entry; separate several URLs with commas"
-	}
-	if !strings.Contains(u, "://") {
-		u = "nats://" + u
-	}
-	pu, err := url.Parse(u)
-	if err != nil {
-		return "is not a URL; write it like nats://127.0.0.1:4222"
-	}
-	switch pu.Scheme {
-	case "nats", "tls", "ws", "wss":
-	default:
-		return "has scheme " + strconv.Quote(pu.Scheme) + "; use nats://, tls://, ws:// or wss://"
-	}
-	if pu.Hostname() == "" {
-		return "has no host; write it like nats://127.0.0.1:4222"
-	}
-	return ""
-}
-
-// natsURL is the URL clients use: nats.url, or the embedded server's address.
-func (c *Config) natsURL() string {
+// natsClient is how clients reach NATS: nats.*, or the embedded server's
+// address.
+func (c *Config) natsClient() natsutil.Config {
 	if c.NATS.URL != "" {
-		return c.NATS.URL
+		return c.NATS.Config
 	}
 	host := c.NATS.Embedded.Host
 	if host == "" {
 		host = "127.0.0.1"
 	}
-	return "nats://" + net.JoinHostPort(host, strconv.Itoa(c.NATS.Embedded.Port))
+	return natsutil.Config{URL: "nats://" + net.JoinHostPort(host, strconv.Itoa(c.NATS.Embedded.Port))}
 }

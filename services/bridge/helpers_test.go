@@ -54,7 +54,7 @@ func newEnv(t testing.TB) *apiEnv {
 func newEnvOn(t testing.TB, ns *testenv.NATSServer) *apiEnv {
 	t.Helper()
 	log := testLogger(t)
-	nc, err := natsutil.Connect(ns.URL(), "test-bridge", log)
+	nc, err := natsutil.Connect(natsutil.Config{URL: ns.URL()}, "test-bridge", log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,7 +38,7 @@ func BenchmarkImport(b *testing.B) {
 		file.WriteByte('\n')
 	}
 	ns := testenv.NATS(b)
-	nc, err := natsutil.Connect(ns.URL(), "bench-import", testLogger(b))
+	nc, err := natsutil.Connect(natsutil.Config{URL: ns.URL()}, "bench-import", testLogger(b))
 	if err != nil {
 		b.Fatal(err)
 	}

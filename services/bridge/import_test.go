@@ -237,3 +237,92 @@ func TestImportLooksUpVersionsInBatches(t *testing.T) {
 		})
 	}
 }
+
+// TestImportChainsEachStream: a file sorted by stream (every event's
+// predecessor is still in flight when it is read) is stored whole and in
+// order; each stored event follows its predecessor.
+func TestImportChainsEachStream(t *testing.T) {
+	e := importEnv(t)
+	var b bytes.Buffer
+	t0 := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	for s := range 5 {
+		for v := 1; v <= 200; v++ {
+			line, _ := json.Marshal(envelope.Event{ID: fmt.Sprintf("sorted-%d-%d", s, v), Category: "imp", StreamID: fmt.Sprintf("s%d", s),
+				Type: "Imported", Version: uint64(v), Time: t0, Data: json.RawMessage(`{}`)})
+			b.Write(line)
+			b.WriteByte('\n')
+		}
+	}
+	res, err := Import(context.Background(), e.js, &b, ImportOptions{Window: 64})
+	if err != nil || res.Published != 1000 {
+		t.Fatalf("%+v, %v; want 1000 published", res, err)
+	}
+	for s := range 5 {
+		got := readSubject(t, e.js, fmt.Sprintf("events.imp.s%d", s))
+		if len(got) != 200 {
+			t.Fatalf("stream s%d holds %d events, want 200", s, len(got))
+		}
+		for i, ev := range got {
+			if ev.Version != uint64(i+1) {
+				t.Fatalf("stream s%d: event %d has version %d", s, i, ev.Version)
+			}
+		}
+	}
+}
+
+// TestImportRefusesAStreamThatMoved: when a stream's last position is not
+// the one its next event expects (here another writer appended to it after
+// the import read it), that event is refused with ErrConflict and nothing
+// of the stream after it is stored: the stream never ends up out of order.
+func TestImportRefusesAStreamThatMoved(t *testing.T) {
+	e := importEnv(t)
+	ctx := context.Background()
+	if _, err := Import(ctx, e.js, bytes.NewReader(ndjson(1, 1, 2)), ImportOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The import reads s0 at version 2; a foreign message on the subject
+	// moves its last position before the import's next publish.
+	imp := &importer{js: e.js, opts: ImportOptions{AckTimeout: 5 * time.Second}, versions: map[string]uint64{},
+		heads: map[string]*subjectHead{}, deferred: map[string][]lineEvent{}, wake: make(chan struct{}, 1)}
+	imp.opts.defaults()
+	var err error
+	if imp.stream, err = e.js.Stream(ctx, natsutil.DefaultStream); err != nil {
+		t.Fatal(err)
+	}
+	evs := []lineEvent{}
+	for v := 3; v <= 4; v++ {
+		evs = append(evs, lineEvent{line: int64(v), ev: envelope.Event{ID: fmt.Sprintf("late-%d", v), Category: "imp", StreamID: "s0",
+			Type: "Imported", Version: uint64(v), Time: time.Now(), Data: json.RawMessage(`{}`)}})
+	}
+	if err := imp.lookUpVersions(ctx, evs); err != nil {
+		t.Fatal(err)
+	}
+	foreign := envelope.Event{ID: "foreign", Category: "imp", StreamID: "s0", Type: "Foreign", Version: 3, Time: time.Now(), Data: json.RawMessage(`{}`)}
+	if _, err := e.js.PublishMsg(ctx, foreign.ToMsg()); err != nil {
+		t.Fatal(err)
+	}
+	pending := make(chan *pendingPub, 8)
+	done := make(chan struct{})
+	go func() { defer close(done); imp.collect(ctx, pending) }()
+	for _, le := range evs {
+		if err := imp.publishEvent(ctx, le, pending); err != nil && !errors.Is(err, errPredecessorFailed) {
+			t.Fatal(err)
+		}
+	}
+	if err := imp.finishDeferred(ctx, pending); err != nil {
+		t.Fatal(err)
+	}
+	close(pending)
+	<-done
+	if !errors.Is(imp.pubErr, ErrConflict) || !strings.Contains(imp.pubErr.Error(), "changed during the import") {
+		t.Fatalf("want ErrConflict saying the stream changed, got %v", imp.pubErr)
+	}
+	got := readSubject(t, e.js, "events.imp.s0")
+	var ids []string
+	for _, ev := range got {
+		ids = append(ids, ev.ID)
+	}
+	if strings.Join(ids, ",") != "imp-0-1,imp-0-2,foreign" {
+		t.Fatalf("stream s0 holds %v, want the two imported events and the foreign one only", ids)
+	}
+}

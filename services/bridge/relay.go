@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetsync/jetsync/pkg/deadletter"
+	"github.com/jetsync/jetsync/pkg/natsutil"
 	"github.com/jetsync/jetsync/pkg/envelope"
 	"github.com/jetsync/jetsync/pkg/outbox"
 )
@@ -101,13 +102,14 @@ type RelayStatus struct {
 
 // Relay publishes one source table to JetStream.
 type Relay struct {
-	cfg    SourceConfig
-	js     jetstream.JetStream
-	stream string
-	log    *slog.Logger
-	query  string
-	held   string // the held-back probe
-	wake   chan struct{}
+	cfg      SourceConfig
+	js       jetstream.JetStream
+	stream   string
+	replicas int // the stream's, for the cursor bucket
+	log      *slog.Logger
+	query    string
+	held     string // the held-back probe
+	wake     chan struct{}
 
 	mu       sync.Mutex
 	st       RelayStatus
@@ -119,12 +121,13 @@ type Relay struct {
 	heldWarn  time.Time
 }
 
-// NewRelay makes a relay of cfg (validated) into the JetStream stream.
-func NewRelay(cfg SourceConfig, js jetstream.JetStream, stream string, log *slog.Logger) *Relay {
+// NewRelay makes a relay of cfg (validated) into the JetStream stream
+// (its name and replicas: the cursor bucket gets as many).
+func NewRelay(cfg SourceConfig, js jetstream.JetStream, stream natsutil.StreamConfig, log *slog.Logger) *Relay {
 	if log == nil {
 		log = slog.Default()
 	}
-	r := &Relay{cfg: cfg, js: js, stream: stream, log: log.With("source", cfg.Name), wake: make(chan struct{}, 1)}
+	r := &Relay{cfg: cfg, js: js, stream: stream.Name, replicas: stream.Replicas, log: log.With("source", cfg.Name), wake: make(chan struct{}, 1)}
 	r.query, r.held = buildRelayQueries(cfg)
 	r.st = RelayStatus{Source: cfg.Name, Table: cfg.Table, State: RelayStarting}
 	return r
@@ -398,8 +401,9 @@ type relayCursor struct {
 }
 
 func (r *Relay) openCursor(ctx context.Context) (*relayCursor, error) {
-	kv, err := r.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: RelayBucket,
-		Description: "jetsync relay cursors: transaction_id:id of the last source row published", History: 5, Storage: jetstream.FileStorage})
+	kv, err := natsutil.ProvisionKV(ctx, r.js, jetstream.KeyValueConfig{Bucket: RelayBucket,
+		Description: "jetsync relay cursors: transaction_id:id of the last source row published", History: 5, Storage: jetstream.FileStorage,
+		Replicas: max(r.replicas, 1)}, "stream.replicas")
 	if err != nil {
 		return nil, fmt.Errorf("opening KV bucket %s: %w", RelayBucket, classify(err))
 	}

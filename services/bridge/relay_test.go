@@ -123,7 +123,7 @@ func (e *relayEnv) start(cfg SourceConfig) (*Relay, <-chan error) {
 	if err := (&Config{Source: cfg}).Source.validateErr(); err != nil {
 		e.t.Fatal(err)
 	}
-	r := NewRelay(cfg, e.js, natsutil.DefaultStream, testLogger(e.t))
+	r := NewRelay(cfg, e.js, natsutil.DefaultStreamConfig(), testLogger(e.t))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	finished := make(chan struct{})
@@ -313,7 +313,7 @@ func TestRelayResumesExactlyOnceBeyondDuplicateWindow(t *testing.T) {
 	}
 	insert(0, 30)
 	ctx, cancel := context.WithCancel(context.Background())
-	r := NewRelay(e.cfg, e.js, natsutil.DefaultStream, testLogger(t))
+	r := NewRelay(e.cfg, e.js, natsutil.DefaultStreamConfig(), testLogger(t))
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
 	e.waitCount(30)

@@ -47,7 +47,7 @@ func relayCmd(ctx context.Context, args []string, stderr io.Writer) int {
 		return exitUsage
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
-	nc, err := natsutil.Connect(cfg.natsURL(), "jetsync-bridge-relay", log)
+	nc, err := natsutil.Connect(cfg.natsClient(), "jetsync-bridge-relay", log)
 	if err != nil {
 		fmt.Fprintf(stderr, "bridge relay: %v (is `bridge serve` running, or nats.url set?)\n", err)
 		return exitFailed
@@ -71,7 +71,7 @@ func relayCmd(ctx context.Context, args []string, stderr io.Writer) int {
 		// machine. GOGC in the environment overrides.
 		debug.SetGCPercent(400)
 	}
-	r := NewRelay(cfg.Source, js, cfg.Stream.Name, log)
+	r := NewRelay(cfg.Source, js, cfg.Stream, log)
 	met := NewMetrics()
 	met.WatchRelay(r)
 	if cfg.Source.StatusListen != "" {

@@ -76,7 +76,7 @@ func run(args []string) int {
 }
 
 func rebuild(ctx context.Context, cfg search.Config, ro search.RebuildOptions, log *slog.Logger) int {
-	nc, err := natsutil.Connect(cfg.NATS.URL, "jetsync-sink-"+cfg.Name+"-rebuild", log)
+	nc, err := natsutil.Connect(cfg.NATS, "jetsync-sink-"+cfg.Name+"-rebuild", log)
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return 1
@@ -87,7 +87,7 @@ func rebuild(ctx context.Context, cfg search.Config, ro search.RebuildOptions, l
 		log.Error("cannot start", "err", err)
 		return 1
 	}
-	store, err := checkpoint.NewKV(ctx, js, cfg.Checkpoint.Bucket)
+	store, err := checkpoint.OpenKV(ctx, js, cfg.Checkpoint.Bucket, cfg.Checkpoint.Replicas)
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return 1

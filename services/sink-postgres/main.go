@@ -76,7 +76,7 @@ func run(ctx context.Context, args []string) int {
 }
 
 func rebuild(ctx context.Context, cfg relational.Config, ro relational.RebuildOptions, log *slog.Logger) int {
-	nc, err := natsutil.Connect(cfg.NATS.URL, "jetsync-sink-"+cfg.Name+"-rebuild", log)
+	nc, err := natsutil.Connect(cfg.NATS, "jetsync-sink-"+cfg.Name+"-rebuild", log)
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return 1

@@ -62,6 +62,7 @@ type proc struct {
 	t    *testing.T
 	name string
 	args []string
+	env  []string // added to this process's environment
 	log  *bytes.Buffer
 	mu   *sync.Mutex
 	cmd  *exec.Cmd
@@ -82,7 +83,13 @@ func (b lockedBuffer) Write(p []byte) (int, error) {
 // startProc runs binary svc with args; it is killed when the test ends.
 func startProc(t *testing.T, svc string, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, name: svc, args: args, log: &bytes.Buffer{}, mu: &sync.Mutex{}}
+	return startProcEnv(t, nil, svc, args...)
+}
+
+// startProcEnv is startProc with env (NAME=value) added to the environment.
+func startProcEnv(t *testing.T, env []string, svc string, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, name: svc, args: args, env: env, log: &bytes.Buffer{}, mu: &sync.Mutex{}}
 	p.start()
 	t.Cleanup(func() {
 		p.kill()
@@ -96,6 +103,9 @@ func startProc(t *testing.T, svc string, args ...string) *proc {
 func (p *proc) start() {
 	p.t.Helper()
 	p.cmd = exec.Command(filepath.Join(binDir, p.name), p.args...)
+	if p.env != nil {
+		p.cmd.Env = append(os.Environ(), p.env...)
+	}
 	p.cmd.Stdout = lockedBuffer{p.mu, p.log}
 	p.cmd.Stderr = lockedBuffer{p.mu, p.log}
 	if err := p.cmd.Start(); err != nil {

@@ -66,6 +66,7 @@ type bench struct {
 	sinkEnv          string
 	ns               *server.Server
 	natsURL          string
+	replicas         int // of the streams the bridge provisions: 1, 3 in the cluster phase
 	nc               *nats.Conn
 	js               jetstream.JetStream
 	redis            *redisServer
@@ -144,7 +145,7 @@ func main() {
 	keep := flag.Bool("keep", false, "keep the temp dir (NATS store, configs, NDJSON)")
 	outFile := flag.String("o", "", "also write the report to this file")
 	relayRate := flag.Int("relay-live-rate", 500, "rows/s committed (one per transaction) in the relay phase's live runs; 0 skips them")
-	phaseList := flag.String("phases", "ingest,catchup,latency,mem,sweep,live,append,appends,relay", "what to run, comma-separated; es and kinesis take part in catchup and live, the other phases are cache's, but appends, which measures the bridge alone, and relay: bridge relay from a PostgreSQL outbox (needs Debian postgresql, or PG_URL)")
+	phaseList := flag.String("phases", "ingest,catchup,latency,mem,sweep,live,append,appends,relay,cluster", "what to run, comma-separated; es and kinesis take part in catchup and live, the other phases are cache's, but appends, which measures the bridge alone; relay: bridge relay from a PostgreSQL outbox (needs Debian postgresql, or PG_URL); cluster puts import, catch-up, live delay and batched appends on a 3-node R3 cluster beside the single server (r3.go)")
 	flag.Parse()
 
 	selected, err := parseSinks(*sinks)
@@ -201,7 +202,7 @@ func main() {
 		b.reps = max(b.reps, 1)
 	}
 	if !cacheOn { // the other phases are cache's
-		for _, p := range []string{"latency", "mem", "sweep"} {
+		for _, p := range []string{"latency", "mem", "sweep", "cluster"} {
 			phases[p] = false
 		}
 	}
@@ -477,6 +478,13 @@ func main() {
 	}
 	if phases["relay"] {
 		b.relayPhase(ctx, b.n, *relayRate, *liveDur)
+	}
+	if phases["cluster"] {
+		clusterRate := 1000
+		if len(rateList) > 0 {
+			clusterRate = rateList[0] // the lowest: two more stores share the cores
+		}
+		b.clusterPhase(ctx, bs, clusterRate, *liveDur, max(*appendN, 10_000), *appendBatch, *appendClients)
 	}
 
 	b.watch.close()

@@ -134,7 +134,7 @@ func (b *bench) rawPublish(ctx context.Context, n int) result {
 // importNDJSON runs `bridge import` on the NDJSON file, as a user does.
 func (b *bench) importNDJSON(n int) result {
 	cfg := filepath.Join(b.dir, "bridge-import.yaml")
-	b.writeFile(cfg, fmt.Sprintf("nats: {url: %q}\nstream: {name: EVENTS}\n", b.natsURL))
+	b.writeFile(cfg, fmt.Sprintf("nats: {url: %q}\nstream: {name: EVENTS, replicas: %d}\n", b.natsURL, max(b.replicas, 1)))
 	cpu0 := selfCPU()
 	p, err := startProc(filepath.Join(b.bin, "bridge"), "import", "-config", cfg, "-progress=false", b.ndjson)
 	if err != nil {
@@ -692,7 +692,7 @@ func (b *bench) engineLive(ctx context.Context, bs batchSettings, rate int, dur 
 func (b *bench) startBridge() (*proc, string) {
 	port := freePort()
 	cfg := filepath.Join(b.dir, "bridge-serve.yaml")
-	b.writeFile(cfg, fmt.Sprintf("nats: {url: %q}\nstream: {name: EVENTS}\nhttp: {listen: \"127.0.0.1:%d\", max_body_bytes: 4MiB}\n", b.natsURL, port))
+	b.writeFile(cfg, fmt.Sprintf("nats: {url: %q}\nstream: {name: EVENTS, replicas: %d}\nhttp: {listen: \"127.0.0.1:%d\", max_body_bytes: 4MiB}\n", b.natsURL, max(b.replicas, 1), port))
 	p, err := startProc(filepath.Join(b.bin, "bridge"), "serve", "-config", cfg)
 	if err != nil {
 		b.fatalf("%v", err)

@@ -73,7 +73,7 @@ func newHarness(t *testing.T, body string) *harness {
 	if err := config.Decode([]byte(body), &h.cfg); err != nil {
 		t.Fatal(err)
 	}
-	h.cfg.NATS.URL = "unused: the tests hand the engine their JetStream"
+	h.cfg.NATS.URL = "nats://unused.invalid:4222" // the tests hand the engine their JetStream
 	h.cfg.Redis.Addr = h.redis.srv.Addr()
 	if err := h.cfg.Validate(); err != nil {
 		t.Fatal(err)

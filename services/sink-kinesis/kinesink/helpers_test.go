@@ -61,7 +61,7 @@ func testConfig(t *testing.T, endpoint, stream string) Config {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Name = "kin"
-	cfg.NATS.URL = "unused: the tests hand the engine their JetStream"
+	cfg.NATS.URL = "nats://unused.invalid:4222" // the tests hand the engine their JetStream
 	cfg.Kinesis.StreamName = stream
 	cfg.Kinesis.Endpoint = endpoint
 	cfg.Kinesis.CreateStreamIfMissing = true
