@@ -193,18 +193,23 @@ func TestRetryRefusedItems(t *testing.T) {
 		concrete = k
 	}
 	esCall(t, es, esapi.IndicesPutSettingsRequest{Index: []string{concrete}, Body: strings.NewReader(`{"index.blocks.write":true}`)}, nil)
-	before, beforeBatches := w.Stats(), r.Eng.Stats().Batches
+	before, beforeBatches, beforeRetries := w.Stats(), r.Eng.Stats().Batches, r.Eng.Stats().Retries
 	second := orderEvents("r2", 300, 10)
 	for i := range second {
 		second[i].Version += 1000
 	}
 	n.publish(t, second)
-	testenv.Eventually(t, 30*time.Second, func() bool { return r.Eng.Stats().Retries >= 3 }, "the sink never retried")
+	// Retries of this batch: a busy Elasticsearch may have made the first
+	// phase retry too.
+	testenv.Eventually(t, 30*time.Second, func() bool { return r.Eng.Stats().Retries >= beforeRetries+3 }, "the sink never retried")
 	if cp := r.Eng.Stats().Checkpoint; cp >= second[0].Position {
 		t.Fatalf("checkpoint moved to %d while the items of %d.. were refused", cp, second[0].Position)
 	}
 	log := readDocs(t, es, other)
-	for _, e := range second[:50] {
+	// The batch being retried holds the first of them at least (how many
+	// more depends on how fast they were published: under load the
+	// batcher's interval may close it after a few).
+	for _, e := range second[:1] {
 		if _, ok := log[e.ID]; !ok {
 			t.Fatalf("the log index's items were not applied while the orders index was blocked (%s missing)", e.ID)
 		}
