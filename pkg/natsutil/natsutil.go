@@ -269,3 +269,18 @@ func ProvisionStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.
 	s, err := js.CreateOrUpdateStream(ctx, cfg)
 	return s, ReplicasError(err, "stream "+cfg.Name, key, cfg.Replicas)
 }
+
+// Drain closes nc gracefully (pending publishes and deliveries finish),
+// waiting at most 5s before closing it outright.
+func Drain(nc *nats.Conn) {
+	closed := nc.StatusChanged(nats.CLOSED)
+	if nc.Drain() != nil {
+		nc.Close()
+		return
+	}
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		nc.Close()
+	}
+}

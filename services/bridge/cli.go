@@ -16,7 +16,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
@@ -148,7 +147,7 @@ func importCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		fmt.Fprintf(stderr, "bridge import: %v (is `bridge serve` running, or nats.url set?)\n", err)
 		return exitFailed
 	}
-	defer drainConn(nc)
+	defer natsutil.Drain(nc)
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(*window), jetstream.WithDefaultTimeout(cfg.Append.Timeout))
 	if err != nil {
 		fmt.Fprintf(stderr, "bridge import: %v\n", err)
@@ -258,20 +257,6 @@ func countLines(r io.Reader) (int64, error) {
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
-}
-
-// drainConn drains nc, waiting at most 5s for it to close.
-func drainConn(nc *nats.Conn) {
-	closed := nc.StatusChanged(nats.CLOSED)
-	if nc.Drain() != nil {
-		nc.Close()
-		return
-	}
-	select {
-	case <-closed:
-	case <-time.After(5 * time.Second):
-		nc.Close()
-	}
 }
 
 // tokenHashCmd prints the hash of the token on stdin (its first line), or

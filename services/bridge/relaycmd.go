@@ -52,7 +52,7 @@ func relayCmd(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "bridge relay: %v (is `bridge serve` running, or nats.url set?)\n", err)
 		return exitFailed
 	}
-	defer drainConn(nc)
+	defer natsutil.Drain(nc)
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(relayWindow), jetstream.WithDefaultTimeout(cfg.Source.AckTimeout))
 	if err != nil {
 		fmt.Fprintf(stderr, "bridge relay: %v\n", err)

@@ -21,14 +21,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/jetsync/jetsync/pkg/checkpoint"
 	"github.com/jetsync/jetsync/pkg/config"
-	"github.com/jetsync/jetsync/pkg/deadletter"
-	"github.com/jetsync/jetsync/pkg/natsutil"
-	"github.com/jetsync/jetsync/pkg/sink"
 	"github.com/jetsync/jetsync/pkg/sinkd"
 	"github.com/jetsync/jetsync/services/sink-es/search"
 )
@@ -76,29 +70,17 @@ func run(args []string) int {
 }
 
 func rebuild(ctx context.Context, cfg search.Config, ro search.RebuildOptions, log *slog.Logger) int {
-	nc, err := natsutil.Connect(cfg.NATS, "jetsync-sink-"+cfg.Name+"-rebuild", log)
+	js, opts, closeConn, err := sinkd.RebuildConn(ctx, cfg.Config, log)
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
-	defer drain(nc)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		log.Error("cannot start", "err", err)
-		return 1
-	}
+	defer closeConn()
+	ro.EngineOptions = append(ro.EngineOptions, opts...)
 	store, err := checkpoint.OpenKV(ctx, js, cfg.Checkpoint.Bucket, cfg.Checkpoint.Replicas)
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return 1
-	}
-	if cfg.OnError == sink.OnErrorDeadLetter || cfg.OnError == sink.OnErrorPark {
-		q, err := deadletter.Open(ctx, js)
-		if err != nil {
-			log.Error("cannot start", "err", err)
-			return 1
-		}
-		ro.EngineOptions = append(ro.EngineOptions, sink.WithDeadLetters(q))
 	}
 	res, err := search.Rebuild(ctx, cfg, js, store, log, ro)
 	if err != nil {
@@ -111,19 +93,4 @@ func rebuild(ctx context.Context, cfg search.Config, ro search.RebuildOptions, l
 	fmt.Printf("rebuilt through position %d: %d events in %s; old indices refused writes for %s\n",
 		res.Through, res.Events, res.Took.Round(time.Millisecond), res.Blocked.Round(time.Millisecond))
 	return 0
-}
-
-// drain closes the NATS connection gracefully, waiting at most 5s.
-func drain(nc *nats.Conn) {
-	closed := make(chan struct{})
-	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
-	if err := nc.Drain(); err != nil {
-		nc.Close()
-		return
-	}
-	select {
-	case <-closed:
-	case <-time.After(5 * time.Second):
-		nc.Close()
-	}
 }

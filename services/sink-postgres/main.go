@@ -24,13 +24,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/jetsync/jetsync/pkg/config"
-	"github.com/jetsync/jetsync/pkg/deadletter"
-	"github.com/jetsync/jetsync/pkg/natsutil"
-	"github.com/jetsync/jetsync/pkg/sink"
 	"github.com/jetsync/jetsync/pkg/sinkd"
 	"github.com/jetsync/jetsync/services/sink-postgres/relational"
 )
@@ -76,25 +70,13 @@ func run(ctx context.Context, args []string) int {
 }
 
 func rebuild(ctx context.Context, cfg relational.Config, ro relational.RebuildOptions, log *slog.Logger) int {
-	nc, err := natsutil.Connect(cfg.NATS, "jetsync-sink-"+cfg.Name+"-rebuild", log)
+	js, opts, closeConn, err := sinkd.RebuildConn(ctx, cfg.Config, log)
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
-	defer drain(nc)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		log.Error("cannot start", "err", err)
-		return 1
-	}
-	if cfg.OnError == sink.OnErrorDeadLetter || cfg.OnError == sink.OnErrorPark {
-		q, err := deadletter.Open(ctx, js)
-		if err != nil {
-			log.Error("cannot start", "err", err)
-			return 1
-		}
-		ro.EngineOptions = append(ro.EngineOptions, sink.WithDeadLetters(q))
-	}
+	defer closeConn()
+	ro.EngineOptions = append(ro.EngineOptions, opts...)
 	res, err := relational.Rebuild(ctx, cfg, js, log, ro)
 	if err != nil {
 		log.Error("rebuild failed", "err", err)
@@ -110,19 +92,4 @@ func rebuild(ctx context.Context, cfg relational.Config, ro relational.RebuildOp
 		fmt.Println("  " + s)
 	}
 	return 0
-}
-
-// drain closes the NATS connection gracefully, waiting at most 5s.
-func drain(nc *nats.Conn) {
-	closed := make(chan struct{})
-	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
-	if err := nc.Drain(); err != nil {
-		nc.Close()
-		return
-	}
-	select {
-	case <-closed:
-	case <-time.After(5 * time.Second):
-		nc.Close()
-	}
 }
