@@ -234,13 +234,27 @@ func withPrincipal(md json.RawMessage, p string) json.RawMessage {
 		if string(m.Key) == MetadataPrincipal {
 			continue
 		}
-		k, _ := json.Marshal(string(m.Key))
 		out = append(out, ',')
-		out = append(out, k...)
+		out = appendKey(out, m.Key)
 		out = append(out, ':')
 		out = append(out, m.Val...)
 	}
 	return append(out, '}')
+}
+
+// appendKey appends key as a JSON string, byte for byte as json.Marshal
+// writes it; the common key (printable ASCII that needs no escape) without
+// its allocation, since every authenticated event's metadata is rewritten.
+func appendKey(out, key []byte) []byte {
+	for _, c := range key {
+		if c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			k, _ := json.Marshal(string(key))
+			return append(out, k...)
+		}
+	}
+	out = append(out, '"')
+	out = append(out, key...)
+	return append(out, '"')
 }
 
 // HasMetadataKey reports whether the metadata object md has the top-level

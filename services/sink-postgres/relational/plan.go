@@ -71,27 +71,29 @@ func buildOps(ctx context.Context, b *sink.Batch, maps map[string][]action, unkn
 			}
 			continue
 		}
-		evOps, err := eventOps(ctx, ev, acts, columns)
-		if err != nil {
+		start := len(ops)
+		var err error
+		if ops, err = eventOps(ctx, ops, ev, acts, columns); err != nil {
 			failures = append(failures, sink.EventFailure{Index: i, Err: err})
+			ops = ops[:start] // the event writes nothing
 			continue
 		}
-		for j := range evOps {
-			evOps[j].ev = i
+		for j := start; j < len(ops); j++ {
+			ops[j].ev = i
 		}
-		ops = append(ops, evOps...)
 	}
 	return ops, failures
 }
 
-func eventOps(ctx context.Context, ev *envelope.Event, acts []action, columns func(string) map[string]bool) ([]rowOp, error) {
+// eventOps appends ev's row writes to out. On an error out comes back
+// with what was appended so far, for the caller to cut back.
+func eventOps(ctx context.Context, out []rowOp, ev *envelope.Event, acts []action, columns func(string) map[string]bool) ([]rowOp, error) {
 	in := mapping.NewInput(ev) // shared by the event's projections
-	out := make([]rowOp, 0, len(acts))
 	for _, a := range acts {
 		if a.raw != nil {
 			op, err := rawOp(ctx, a, in)
 			if err != nil {
-				return nil, err
+				return out, err
 			}
 			out = append(out, op)
 			continue
@@ -103,11 +105,11 @@ func eventOps(ctx context.Context, ev *envelope.Event, acts []action, columns fu
 		if a.op != ActionDelete {
 			v, err := projectOrData(ctx, a.project, in)
 			if err != nil {
-				return nil, fmt.Errorf("%s: %w", a.where, err)
+				return out, fmt.Errorf("%s: %w", a.where, err)
 			}
 			m, ok := v.(map[string]any)
 			if !ok {
-				return nil, fmt.Errorf("%s: %w: the row must be an object of columns, got %s", a.where, ErrNotObject, typeName(v))
+				return out, fmt.Errorf("%s: %w: the row must be an object of columns, got %s", a.where, ErrNotObject, typeName(v))
 			}
 			var known map[string]bool
 			if columns != nil {
@@ -119,11 +121,11 @@ func eventOps(ctx context.Context, ev *envelope.Event, acts []action, columns fu
 					continue // the key comes from the key templates
 				}
 				if known != nil && !known[col] {
-					return nil, fmt.Errorf("%s: %w %q in table %s", a.where, ErrUnknownColumn, col, a.table)
+					return out, fmt.Errorf("%s: %w %q in table %s", a.where, ErrUnknownColumn, col, a.table)
 				}
 				s, err := toText(val)
 				if err != nil {
-					return nil, fmt.Errorf("%s: column %s: %w", a.where, col, err)
+					return out, fmt.Errorf("%s: column %s: %w", a.where, col, err)
 				}
 				op.cols[col] = s
 			}
