@@ -253,6 +253,23 @@ func killsDuration(kills int) time.Duration {
 var lostLine = regexp.MustCompile(`msg="lease lost: stopped writing, standing by".*`)
 var lastBatchThrough = regexp.MustCompile(`last_batch_through=(\d+)`)
 
+// settledCheckpoint is the checkpoint a just-SIGSTOPped sink froze at: the
+// value once it stopped moving for 300ms. A batch it had sent whole may
+// still commit without it (PostgreSQL and Redis run a sent pipeline to its
+// end), and SIGSTOP takes effect asynchronously: on a busy machine the
+// process may read an answer and send one more batch before it stops. The
+// lease runs out 2s after the freeze at the earliest, so no new active
+// moves it meanwhile.
+func settledCheckpoint(checkpoint func() uint64) uint64 {
+	cp := checkpoint()
+	for settled := time.Now(); time.Since(settled) < 300*time.Millisecond; time.Sleep(20 * time.Millisecond) {
+		if now := checkpoint(); now != cp {
+			cp, settled = now, time.Now()
+		}
+	}
+	return cp
+}
+
 // zombie runs the zombie drill on g: the active instance is SIGSTOPped
 // past its lease while the first half of the workload is applied, the
 // standby takes over and applies the second half, then the zombie gets
@@ -276,17 +293,7 @@ func (g *haGroup) zombie(s *stack, w *workload, perStream int, checkpoint func()
 		t.Fatal(err)
 	}
 	stopped := time.Now()
-	// A batch it had sent whole may still commit without it (PostgreSQL
-	// and Redis run a sent pipeline to its end), and SIGSTOP takes effect
-	// asynchronously: the checkpoint it froze at is where it settles. The
-	// lease runs out 2s after the freeze at the earliest: no new active
-	// moves it meanwhile.
-	cpStopped := checkpoint()
-	for settled := time.Now(); time.Since(settled) < 300*time.Millisecond; time.Sleep(20 * time.Millisecond) {
-		if cp := checkpoint(); cp != cpStopped {
-			cpStopped, settled = cp, time.Now()
-		}
-	}
+	cpStopped := settledCheckpoint(checkpoint)
 	g.kills = append(g.kills, cpStopped)
 	next := g.waitTakeover(in.PID, 4*haLease)
 	t.Logf("zombie: pid %d (epoch %d) SIGSTOPped at checkpoint %d; pid %d took over after %s (epoch %d, at %s)",
@@ -697,16 +704,7 @@ func TestDrillStandbyPostgresZombieMidTransaction(t *testing.T) {
 	}
 	testenv.Eventually(t, 10*time.Second, func() bool { return waiting() == 0 && s.checkpoint() > cpFrozen },
 		"the frozen process's batch, sent whole, never committed (checkpoint %d)", s.checkpoint())
-	// SIGSTOP takes effect asynchronously: on a busy machine the process
-	// may still read that batch's answer and send one more before it
-	// stops. Its last commit is where the checkpoint settles (the lease
-	// runs out 2s after the freeze at the earliest: no new active yet).
-	cpCommitted := s.checkpoint()
-	for settled := time.Now(); time.Since(settled) < 300*time.Millisecond; time.Sleep(20 * time.Millisecond) {
-		if cp := s.checkpoint(); cp != cpCommitted {
-			cpCommitted, settled = cp, time.Now()
-		}
-	}
+	cpCommitted := settledCheckpoint(s.checkpoint)
 	t.Logf("zombie: pid %d (epoch %d) frozen at %s inside its batch's transaction at checkpoint %d; the batch committed without it, through %d",
 		in.PID, in.Epoch, stopped.UTC().Format(time.RFC3339Nano), cpFrozen, cpCommitted)
 
