@@ -214,11 +214,14 @@ func (s *Store) Acquire(ctx context.Context, sink string, ttl time.Duration, me 
 		ttl = MinTTL
 	}
 	skey := standbyKey(sink, me.ID)
-	w, err := s.kv.Watch(ctx, activeKey(sink), jetstream.UpdatesOnly())
-	if err != nil {
-		return nil, fmt.Errorf("watching the lease of %s: %w", sink, err)
+	// The watch only wakes a standby sooner; polling (below) acquires the
+	// lease without it. While the bucket has no leader (a cluster node
+	// lost) it cannot be set up, and a standby must wait, not fail.
+	var updates <-chan jetstream.KeyValueEntry
+	if w, err := s.kv.Watch(ctx, activeKey(sink), jetstream.UpdatesOnly()); err == nil {
+		defer func() { _ = w.Stop() }()
+		updates = w.Updates()
 	}
-	defer func() { _ = w.Stop() }()
 
 	waitFrom := time.Now()
 	tryAfter := waitFrom.Add(holdOff)
@@ -253,7 +256,7 @@ func (s *Store) Acquire(ctx context.Context, sink string, ttl time.Duration, me 
 				cancel()
 			}
 			return nil, ctx.Err()
-		case e := <-w.Updates():
+		case e := <-updates:
 			if e != nil && e.Operation() == jetstream.KeyValuePut && holdOff > 0 {
 				tryAfter = time.Time{} // someone took it: compete normally from now on
 			}
