@@ -166,6 +166,12 @@ func scanComposite(b []byte, i, depth int) int {
 // encoding/json it refuses control characters and accepts any other byte.
 func scanString(b []byte, i int) (end int, escaped bool) {
 	for i++; i < len(b); i++ {
+		for i < len(b) && plainStringByte[b[i]] { // the usual run of plain bytes
+			i++
+		}
+		if i >= len(b) {
+			break
+		}
 		switch c := b[i]; {
 		case c == '"':
 			return i + 1, escaped
@@ -196,6 +202,15 @@ func scanString(b []byte, i int) (end int, escaped bool) {
 	}
 	return -1, false
 }
+
+// plainStringByte tells the bytes a JSON string holds as they are: not a
+// quote, a backslash or a control character.
+var plainStringByte = func() (t [256]bool) {
+	for c := 0x20; c < 256; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
 
 func isHex(c byte) bool {
 	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')

@@ -2,6 +2,7 @@ package mapping
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/itchyny/gojq"
@@ -149,35 +150,79 @@ func constant(t *gojq.Term) (any, bool) {
 
 // eval is the projection of ev; ok false hands it to gojq.
 func (d *direct) eval(ev *envelope.Event) (any, bool) {
-	var dataBuf, metaBuf [16]envelope.Member // most events' data has fewer members
-	in := splitEvent{ev: ev}
-	// gojq's input fails to build when the data or metadata is not JSON,
-	// whatever the expression reads; so does this. Splitting an object
-	// checks it; anything else is checked whole.
-	if in.data, in.dataObj = envelope.SplitObject(dataBuf[:0], ev.Data); !in.dataObj && !envelope.ValidJSON(ev.Data) {
-		return nil, false
-	}
-	if len(ev.Metadata) != 0 {
-		if in.meta, in.metaObj = envelope.SplitObject(metaBuf[:0], ev.Metadata); !in.metaObj && !envelope.ValidJSON(ev.Metadata) {
+	if d.fields == nil {
+		in := getSplit()
+		defer splits.Put(in)
+		if !in.split(ev) {
 			return nil, false
 		}
-	}
-	if d.fields == nil {
 		return in.path(d.path)
 	}
-	out := make(map[string]any, len(d.fields))
-	for _, f := range d.fields {
-		if f.path == nil {
-			out[f.key] = f.value
-			continue
-		}
-		v, ok := in.path(f.path)
-		if !ok {
-			return nil, false
-		}
-		out[f.key] = v
+	var buf [16]Field
+	fields, ok := d.evalFields(ev, buf[:0])
+	if !ok {
+		return nil, false
+	}
+	out := make(map[string]any, len(fields))
+	for _, f := range fields {
+		out[f.Key] = f.Value
 	}
 	return out, true
+}
+
+// evalFields appends the members of an object projection's output for ev
+// to dst, each key once (a key given twice takes its last value, as in
+// gojq); ok false hands it to gojq.
+func (d *direct) evalFields(ev *envelope.Event, dst []Field) ([]Field, bool) {
+	in := getSplit()
+	defer splits.Put(in)
+	if !in.split(ev) {
+		return dst, false
+	}
+	start := len(dst)
+fields:
+	for _, f := range d.fields {
+		v := f.value
+		if f.path != nil {
+			var ok bool
+			if v, ok = in.path(f.path); !ok {
+				return dst[:start], false
+			}
+		}
+		for i := start; i < len(dst); i++ {
+			if dst[i].Key == f.key {
+				dst[i].Value = v
+				continue fields
+			}
+		}
+		dst = append(dst, Field{Key: f.key, Value: v})
+	}
+	return dst, true
+}
+
+// splits recycles splitEvents: one is 1.5 KB, and escape analysis cannot
+// keep it on the stack (the members it holds reach the decoder), so each
+// projection allocated one.
+var splits = sync.Pool{New: func() any { return new(splitEvent) }}
+
+func getSplit() *splitEvent { return splits.Get().(*splitEvent) }
+
+// split sets in to ev, its data and metadata split into members when they
+// are objects. It is false when either is not JSON: gojq's input fails to
+// build then, whatever the expression reads, and so does a direct
+// projection. Splitting an object checks it; anything else is checked
+// whole.
+func (in *splitEvent) split(ev *envelope.Event) bool {
+	in.ev, in.meta, in.metaObj = ev, nil, false // it may be recycled
+	if in.data, in.dataObj = envelope.SplitObject(in.dataBuf[:0], ev.Data); !in.dataObj && !envelope.ValidJSON(ev.Data) {
+		return false
+	}
+	if len(ev.Metadata) != 0 {
+		if in.meta, in.metaObj = envelope.SplitObject(in.metaBuf[:0], ev.Metadata); !in.metaObj && !envelope.ValidJSON(ev.Metadata) {
+			return false
+		}
+	}
+	return true
 }
 
 // splitEvent is an event whose data and metadata, when they are objects,
@@ -186,6 +231,8 @@ type splitEvent struct {
 	ev               *envelope.Event
 	data, meta       []envelope.Member
 	dataObj, metaObj bool
+	// most events' data and metadata have fewer members
+	dataBuf, metaBuf [16]envelope.Member
 }
 
 // path follows path from the envelope object (see EnvelopeObject) without

@@ -53,7 +53,7 @@ func FuzzDirectProjection(f *testing.F) {
 		`{customer_id: .data.customerId, status: .data.status, total: .data.total}`,
 		`{status: "shipped", carrier: .data.carrier, n: 1.50, big: 12345678901234567890, x: null, ok: false}`,
 		`{"a b": .data["x y"], id: .id, s: .streamId, c: .category, t: .type, v: .version, at: .position, w: .time, m: .metadata.user, no: .nope}`,
-		`.data`, `.data.a.b`, `.metadata`, `.id`, `.id.x`, `{a: .data.a.b.c}`,
+		`.data`, `.data.a.b`, `.metadata`, `.id`, `.id.x`, `{a: .data.a.b.c}`, `{a: .data.a, b: 1, a: .data.customerId}`,
 	}
 	for i := range exprs {
 		for _, data := range []string{`{"customerId":"c-1","status":"placed","total":12.50,"lines":[1,2]}`,
@@ -88,6 +88,28 @@ func FuzzDirectProjection(f *testing.F) {
 		}
 		if ok && !reflect.DeepEqual(got, want) {
 			t.Fatalf("%s on data %q meta %q:\ndirect %#v\ngojq   %#v", expr, data, meta, got, want)
+		}
+		// RunObject gives the same members, or the same value that is not
+		// an object.
+		fields, out, isObj, err := p.RunObject(context.Background(), NewInput(ev), nil)
+		if err != nil {
+			t.Fatalf("%s on data %q: RunObject failed where gojq gave %#v: %v", expr, data, want, err)
+		}
+		if m, wantObj := want.(map[string]any); wantObj != isObj {
+			t.Fatalf("%s on data %q: RunObject says object %v, gojq gave %#v", expr, data, isObj, want)
+		} else if isObj {
+			gotMap := make(map[string]any, len(fields))
+			for _, f := range fields {
+				if _, dup := gotMap[f.Key]; dup {
+					t.Fatalf("%s on data %q: RunObject gave key %q twice", expr, data, f.Key)
+				}
+				gotMap[f.Key] = f.Value
+			}
+			if !reflect.DeepEqual(gotMap, m) {
+				t.Fatalf("%s on data %q: RunObject %#v, gojq %#v", expr, data, gotMap, m)
+			}
+		} else if !reflect.DeepEqual(out, want) {
+			t.Fatalf("%s on data %q: RunObject's value %#v, gojq %#v", expr, data, out, want)
 		}
 	})
 }

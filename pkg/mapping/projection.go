@@ -81,6 +81,36 @@ func (p *Projection) Run(ctx context.Context, in *Input) (any, error) {
 	return p.RunValue(ctx, obj)
 }
 
+// Field is one member of an object a projection outputs.
+type Field struct {
+	Key   string
+	Value any
+}
+
+// RunObject is Run for a projection whose output should be an object: it
+// appends the object's members to dst, each key once, in no set order.
+// A direct projection (direct.go) gives them without building the
+// object. When the output is not an object, isObj is false and out is it.
+func (p *Projection) RunObject(ctx context.Context, in *Input, dst []Field) (fields []Field, out any, isObj bool, err error) {
+	if p.direct != nil && p.direct.fields != nil {
+		if fields, ok := p.direct.evalFields(in.Event, dst); ok {
+			return fields, nil, true, nil
+		}
+	}
+	v, err := p.Run(ctx, in)
+	if err != nil {
+		return dst, nil, false, err
+	}
+	m, ok := v.(map[string]any)
+	if !ok {
+		return dst, v, false, nil
+	}
+	for k, x := range m {
+		dst = append(dst, Field{Key: k, Value: x})
+	}
+	return dst, nil, true, nil
+}
+
 // RunValue runs the expression on any value.
 func (p *Projection) RunValue(ctx context.Context, v any) (any, error) {
 	iter := p.code.RunWithContext(ctx, v)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -556,18 +558,56 @@ func (e *Engine) consume(ctx context.Context, pos uint64, handle jetstream.Messa
 // which has no position to stand at (the ordered consumer drops those
 // before they get here).
 func (e *Engine) decode(msg jetstream.Msg) (it item, ok bool) {
-	md, err := msg.Metadata()
-	if err != nil {
-		e.log.Warn("message without metadata", "subject", msg.Subject(), "err", err)
-		return item{}, false
+	pos, ok := streamSeq(msg.Reply())
+	if !ok {
+		md, err := msg.Metadata()
+		if err != nil {
+			e.log.Warn("message without metadata", "subject", msg.Subject(), "err", err)
+			return item{}, false
+		}
+		pos = md.Sequence.Stream
 	}
-	pos := md.Sequence.Stream
 	ev, err := envelope.FromMsg(msg.Subject(), msg.Headers(), msg.Data(), pos)
 	if err != nil {
 		return item{bad: &DeadLetter{Subject: msg.Subject(), Position: pos, Header: msg.Headers(), Data: msg.Data(),
 			Err: fmt.Errorf("malformed event at position %d: %w", pos, err)}}, true
 	}
 	return item{ev: ev}, true
+}
+
+// streamSeq is the stream sequence in a JetStream message's reply subject
+// of the 9-token form ($JS.ACK.<stream>.<consumer>.<delivered>.<stream
+// seq>.<consumer seq>.<time>.<pending>), without the allocations of
+// Metadata, which parses every field (5% of a sink's CPU). ok is false
+// for any other form; Metadata reads those.
+func streamSeq(reply string) (seq uint64, ok bool) {
+	const field = 5 // the stream sequence's token
+	n, start := 0, 0
+	for i := 0; i <= len(reply); i++ {
+		if i < len(reply) && reply[i] != '.' {
+			continue
+		}
+		if n == field {
+			if seq, ok = parseSeq(reply[start:i]); !ok {
+				return 0, false
+			}
+		}
+		n++
+		start = i + 1
+	}
+	if !ok || n != 9 || !strings.HasPrefix(reply, "$JS.ACK.") {
+		return 0, false
+	}
+	return seq, true
+}
+
+// parseSeq is a sequence number in decimal digits.
+func parseSeq(s string) (uint64, bool) {
+	if s == "" || s[0] < '0' || s[0] > '9' { // ParseUint takes a sign
+		return 0, false
+	}
+	v, err := strconv.ParseUint(s, 10, 64)
+	return v, err == nil
 }
 
 // batchLoop owns the batcher: it adds events and hands full (or old enough)

@@ -56,7 +56,15 @@ func (b *bench) newPGSink(ctx context.Context) *pgSink {
 		b.fatalf("-sinks postgres: PostgreSQL cannot start (leave postgres out of -sinks, or set PG_URL): %v", err)
 	}
 	b.cleanup = append(b.cleanup, srv.Stop)
-	pool, err := pgxpool.New(ctx, srv.URL)
+	pc, err := pgxpool.ParseConfig(srv.URL)
+	if err != nil {
+		b.fatalf("postgres: %v", err)
+	}
+	// The session setting sink-postgres's writer uses
+	// (relational.SessionRandomPageCost), for the raw loader's statements
+	// to be planned as the sink's are.
+	pc.ConnConfig.RuntimeParams["random_page_cost"] = "1.1"
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		b.fatalf("postgres: %v", err)
 	}
@@ -77,8 +85,9 @@ func (s *pgSink) targetCPU() time.Duration { return 0 } // the server's processe
 func (s *pgSink) describe() string {
 	return "sink-postgres mappings: OrderPlaced and OrderUpdated upsert the order's row (customer_id, status, currency, total; key = streamId), " +
 		"OrderShipped patches status and carrier, OrderCancelled deletes the row; every row carries _position. PostgreSQL 15 on loopback TCP, default fsync. " +
-		"The raw loader folds each batch of max_events events per key as the sink does and writes it in one transaction: one DELETE … USING unnest, one multi-row upsert " +
-		"(INSERT … SELECT … FROM unnest … ON CONFLICT DO UPDATE … WHERE newer), one multi-row patch, and its checkpoint row; no NATS. " +
+		"The raw loader folds each batch of max_events events per key as the sink does and sends the sink's statements in one pipeline, one transaction: one multi-row DELETE, " +
+		"one multi-row upsert (INSERT … SELECT … FROM (SELECT unnest(…), …) ON CONFLICT DO UPDATE … WHERE newer), one multi-row patch and its checkpoint row, " +
+		"in sessions with the sink's random_page_cost (1.1); no NATS. " +
 		"The naive synchroniser reads with an ordered consumer and runs one autocommit statement per event."
 }
 
@@ -231,36 +240,41 @@ func (s *pgSink) rawTarget(ctx context.Context, n, batch int) result {
 	s.exec(ctx, `CREATE TABLE `+table+` (order_id text PRIMARY KEY, customer_id text, status text, currency text, total numeric, carrier text, _position bigint NOT NULL)`)
 	defer s.exec(context.Background(), "DROP TABLE IF EXISTS "+table)
 	s.exec(ctx, `INSERT INTO jetsync_checkpoints (sink, position) VALUES ('bench-raw', 0) ON CONFLICT (sink) DO UPDATE SET position = 0`)
-	upsert := `INSERT INTO ` + table + ` AS t (order_id, customer_id, status, currency, total, carrier, _position)
-		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::text[], $7::bigint[])
-		ON CONFLICT (order_id) DO UPDATE SET customer_id = excluded.customer_id, status = excluded.status, currency = excluded.currency,
-			total = excluded.total, carrier = excluded.carrier, _position = excluded._position WHERE t._position < excluded._position`
-	patch := `INSERT INTO ` + table + ` AS t (order_id, status, carrier, _position)
-		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
-		ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, carrier = excluded.carrier, _position = excluded._position
+	// The sink's statements, as relational.statementSQL renders them for
+	// this table: the arrays unnested in the select list, cast to the
+	// column types.
+	upsert := `INSERT INTO ` + table + ` AS t (order_id, carrier, currency, customer_id, status, total, _position)
+		SELECT u.a1::text, u.a2::text, u.a3::text, u.a4::text, u.a5::text, u.a6::numeric, u.a7
+		FROM (SELECT unnest($1::text[]) AS a1, unnest($2::text[]) AS a2, unnest($3::text[]) AS a3, unnest($4::text[]) AS a4,
+			unnest($5::text[]) AS a5, unnest($6::text[]) AS a6, unnest($7::bigint[]) AS a7) AS u
+		ON CONFLICT (order_id) DO UPDATE SET carrier = excluded.carrier, currency = excluded.currency, customer_id = excluded.customer_id,
+			status = excluded.status, total = excluded.total, _position = excluded._position WHERE t._position < excluded._position`
+	patch := `INSERT INTO ` + table + ` AS t (order_id, carrier, status, _position)
+		SELECT u.a1::text, u.a2::text, u.a3::text, u.a4
+		FROM (SELECT unnest($1::text[]) AS a1, unnest($2::text[]) AS a2, unnest($3::text[]) AS a3, unnest($4::bigint[]) AS a4) AS u
+		ON CONFLICT (order_id) DO UPDATE SET carrier = excluded.carrier, status = excluded.status, _position = excluded._position
 			WHERE t._position < excluded._position`
-	del := `DELETE FROM ` + table + ` AS t USING unnest($1::text[], $2::bigint[]) AS d(k, p) WHERE t.order_id = d.k AND t._position < d.p`
+	del := `DELETE FROM ` + table + ` AS t USING (SELECT unnest($1::text[]) AS a1, unnest($2::bigint[]) AS a2) AS u
+		WHERE t.order_id = u.a1::text AND t._position <= u.a2`
 	// The rows are made before the clock starts: the ceiling is the
 	// server's, not this program's JSON decoding.
 	batches := s.rawBatches(n, batch)
 	cpu0 := selfCPU()
 	start := time.Now()
 	for _, pb := range batches {
-		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-			var bt pgx.Batch
-			if len(pb.de[0]) > 0 {
-				bt.Queue(del, pb.de[0], pb.de[1])
-			}
-			if len(pb.up[0]) > 0 {
-				bt.Queue(upsert, pb.up[0], pb.up[1], pb.up[2], pb.up[3], pb.up[4], pb.up[5], pb.up[6])
-			}
-			if len(pb.pa[0]) > 0 {
-				bt.Queue(patch, pb.pa[0], pb.pa[1], pb.pa[2], pb.pa[3])
-			}
-			bt.Queue(`UPDATE jetsync_checkpoints SET position = $1 WHERE sink = 'bench-raw'`, pb.through)
-			return tx.SendBatch(ctx, &bt).Close()
-		})
-		if err != nil {
+		// One pipeline, one implicit transaction, as the sink sends a batch.
+		var bt pgx.Batch
+		if len(pb.de) > 0 {
+			bt.Queue(del, pb.de, pb.dePos)
+		}
+		if len(pb.upPos) > 0 { // the columns in the sink's (sorted) order
+			bt.Queue(upsert, pb.up[0], pb.up[5], pb.up[3], pb.up[1], pb.up[2], pb.up[4], pb.upPos)
+		}
+		if len(pb.paPos) > 0 {
+			bt.Queue(patch, pb.pa[0], pb.pa[2], pb.pa[1], pb.paPos)
+		}
+		bt.Queue(`UPDATE jetsync_checkpoints SET position = $1, updated_at = now() WHERE sink = 'bench-raw'`, pb.through)
+		if err := s.pool.SendBatch(ctx, &bt).Close(); err != nil {
 			s.b.fatalf("postgres raw loader: %v", err)
 		}
 	}
@@ -268,11 +282,15 @@ func (s *pgSink) rawTarget(ctx context.Context, n, batch int) result {
 		note: fmt.Sprintf("multi-row writes of %d events per transaction with the checkpoint row", batch)}
 }
 
-// pgBatch is one transaction of the raw loader: its statements' arrays.
+// pgBatch is one transaction of the raw loader: its statements' arrays,
+// typed as the sink sends them.
 type pgBatch struct {
-	up      [7][]any // upserts: the columns, then _position
-	pa      [4][]any // patches: order_id, status, carrier, _position
-	de      [2][]any // deletes: order_id, _position
+	up      [6][]*string // upserts: order_id, customer_id, status, currency, total, carrier
+	upPos   []int64
+	pa      [3][]*string // patches: order_id, status, carrier
+	paPos   []int64
+	de      []*string // deletes: order_id
+	dePos   []int64
 	through int64
 }
 
@@ -299,11 +317,12 @@ func (s *pgSink) rawBatches(n, batch int) []pgBatch {
 				for c, v := range r.vals {
 					pb.up[c] = append(pb.up[c], v)
 				}
-				pb.up[6] = append(pb.up[6], r.pos)
+				pb.upPos = append(pb.upPos, r.pos)
 			case tShipped:
-				pb.pa[0], pb.pa[1], pb.pa[2], pb.pa[3] = append(pb.pa[0], k), append(pb.pa[1], r.vals[2]), append(pb.pa[2], r.vals[5]), append(pb.pa[3], r.pos)
+				pb.pa[0], pb.pa[1], pb.pa[2] = append(pb.pa[0], r.vals[0]), append(pb.pa[1], r.vals[2]), append(pb.pa[2], r.vals[5])
+				pb.paPos = append(pb.paPos, r.pos)
 			default:
-				pb.de[0], pb.de[1] = append(pb.de[0], k), append(pb.de[1], r.pos)
+				pb.de, pb.dePos = append(pb.de, r.vals[0]), append(pb.dePos, r.pos)
 			}
 		}
 		out = append(out, pb)

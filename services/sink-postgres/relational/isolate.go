@@ -155,9 +155,9 @@ func (w *Writer) findRefusedValue(ctx context.Context, pool *pgxpool.Pool, evOps
 				return op.table, c, op.where
 			}
 		}
-		for _, c := range sortedKeys(op.cols) {
-			if try(c, op.cols[c]) {
-				return op.table, c, op.where
+		for i := range op.cols {
+			if c := &op.cols[i]; try(c.name, c.ptr()) {
+				return op.table, c.name, op.where
 			}
 		}
 	}

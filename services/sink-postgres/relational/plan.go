@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/jetsync/jetsync/pkg/envelope"
@@ -23,8 +24,7 @@ type action struct {
 	raw     *rawSQL // a raw SQL action (op "sql")
 }
 
-// rowOp is one row write an event asks for. Column values are the text
-// PostgreSQL casts to the column's type; nil is NULL.
+// rowOp is one row write an event asks for.
 type rowOp struct {
 	op      string
 	where   string // the action's config key
@@ -32,10 +32,26 @@ type rowOp struct {
 	table   string
 	keyCols []string
 	key     []string
-	cols    map[string]*string // upsert, patch
+	cols    []colVal // upsert, patch: sorted by name, each once
 	pos     uint64
 	raw     *rawSQL // op "sql"
 	args    []any   // op "sql": the parameters
+}
+
+// colVal is a column a row write sets: the text PostgreSQL casts to the
+// column's type, or NULL.
+type colVal struct {
+	name string
+	val  string
+	null bool
+}
+
+// ptr is the value as a statement's array holds it: nil for NULL.
+func (c *colVal) ptr() *string {
+	if c.null {
+		return nil
+	}
+	return &c.val
 }
 
 // stmt is one multi-row statement: every row of it touches another key.
@@ -47,12 +63,23 @@ type stmt struct {
 	keyCols []string
 	cols    []string // the non-key columns written (upsert, patch)
 	rows    []stmtRow
+	vals    []*string // row after row, each by cols
 }
 
 type stmtRow struct {
-	key  []string
-	vals []*string // by cols
-	pos  uint64
+	key []string
+	pos uint64
+}
+
+// opsBuilder maps a batch's events to row writes. The writes' keys and
+// columns are cut from slices it reuses, not allocated one by one: this is
+// the sink's work per event (BENCHMARKS.md, sink-postgres).
+type opsBuilder struct {
+	ctx     context.Context
+	columns func(table string) map[string]bool
+	fields  []mapping.Field // one projection's output, reused
+	keys    []string
+	cols    []colVal
 }
 
 // buildOps maps a batch's events to row writes, in event order. Events the
@@ -60,7 +87,8 @@ type stmtRow struct {
 // returned as failures and write nothing. columns says which columns a
 // table has (besides _position); nil means any.
 func buildOps(ctx context.Context, b *sink.Batch, maps map[string][]action, unknownErr bool, columns func(table string) map[string]bool) ([]rowOp, []sink.EventFailure) {
-	var ops []rowOp
+	ob := &opsBuilder{ctx: ctx, columns: columns, keys: make([]string, 0, len(b.Events)), cols: make([]colVal, 0, 4*len(b.Events))}
+	ops := make([]rowOp, 0, len(b.Events))
 	var failures []sink.EventFailure
 	for i := range b.Events {
 		ev := &b.Events[i]
@@ -73,7 +101,7 @@ func buildOps(ctx context.Context, b *sink.Batch, maps map[string][]action, unkn
 		}
 		start := len(ops)
 		var err error
-		if ops, err = eventOps(ctx, ops, ev, acts, columns); err != nil {
+		if ops, err = ob.eventOps(ops, ev, acts); err != nil {
 			failures = append(failures, sink.EventFailure{Index: i, Err: err})
 			ops = ops[:start] // the event writes nothing
 			continue
@@ -87,76 +115,128 @@ func buildOps(ctx context.Context, b *sink.Batch, maps map[string][]action, unkn
 
 // eventOps appends ev's row writes to out. On an error out comes back
 // with what was appended so far, for the caller to cut back.
-func eventOps(ctx context.Context, out []rowOp, ev *envelope.Event, acts []action, columns func(string) map[string]bool) ([]rowOp, error) {
+func (ob *opsBuilder) eventOps(out []rowOp, ev *envelope.Event, acts []action) ([]rowOp, error) {
 	in := mapping.NewInput(ev) // shared by the event's projections
 	for _, a := range acts {
 		if a.raw != nil {
-			op, err := rawOp(ctx, a, in)
+			op, err := rawOp(ob.ctx, a, in)
 			if err != nil {
 				return out, err
 			}
 			out = append(out, op)
 			continue
 		}
-		op := rowOp{op: a.op, where: a.where, table: a.table, keyCols: a.keyCols, pos: ev.Position, key: make([]string, len(a.keyTmpl))}
-		for i, t := range a.keyTmpl {
-			op.key[i] = t.Render(ev)
+		op := rowOp{op: a.op, where: a.where, table: a.table, keyCols: a.keyCols, pos: ev.Position}
+		k := len(ob.keys)
+		for _, t := range a.keyTmpl {
+			ob.keys = append(ob.keys, t.Render(ev))
 		}
+		op.key = ob.keys[k:len(ob.keys):len(ob.keys)]
 		if a.op != ActionDelete {
-			v, err := projectOrData(ctx, a.project, in)
+			cols, err := ob.rowCols(a, in)
 			if err != nil {
-				return out, fmt.Errorf("%s: %w", a.where, err)
+				return out, err
 			}
-			m, ok := v.(map[string]any)
-			if !ok {
-				return out, fmt.Errorf("%s: %w: the row must be an object of columns, got %s", a.where, ErrNotObject, typeName(v))
-			}
-			var known map[string]bool
-			if columns != nil {
-				known = columns(a.table)
-			}
-			op.cols = make(map[string]*string, len(m))
-			for col, val := range m {
-				if slices.Contains(a.keyCols, col) || col == PositionColumn {
-					continue // the key comes from the key templates
-				}
-				if known != nil && !known[col] {
-					return out, fmt.Errorf("%s: %w %q in table %s", a.where, ErrUnknownColumn, col, a.table)
-				}
-				s, err := toText(val)
-				if err != nil {
-					return out, fmt.Errorf("%s: column %s: %w", a.where, col, err)
-				}
-				op.cols[col] = s
-			}
+			op.cols = cols
 		}
 		out = append(out, op)
 	}
 	return out, nil
 }
 
+// rowCols is the columns an upsert or patch sets: its projection's
+// fields but the key's and _position, sorted by name.
+func (ob *opsBuilder) rowCols(a action, in *mapping.Input) ([]colVal, error) {
+	var fields []mapping.Field
+	var got any
+	isObj := true
+	var err error
+	if a.project != nil {
+		fields, got, isObj, err = a.project.RunObject(ob.ctx, in, ob.fields[:0])
+		ob.fields = fields
+	} else {
+		fields, got, isObj, err = dataFields(in, ob.fields[:0])
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", a.where, err)
+	}
+	if !isObj {
+		return nil, fmt.Errorf("%s: %w: the row must be an object of columns, got %s", a.where, ErrNotObject, typeName(got))
+	}
+	var known map[string]bool
+	if ob.columns != nil {
+		known = ob.columns(a.table)
+	}
+	start := len(ob.cols)
+	for _, f := range fields {
+		if slices.Contains(a.keyCols, f.Key) || f.Key == PositionColumn {
+			continue // the key comes from the key templates
+		}
+		if known != nil && !known[f.Key] {
+			return nil, fmt.Errorf("%s: %w %q in table %s", a.where, ErrUnknownColumn, f.Key, a.table)
+		}
+		s, null, err := toText(f.Value)
+		if err != nil {
+			return nil, fmt.Errorf("%s: column %s: %w", a.where, f.Key, err)
+		}
+		ob.cols = append(ob.cols, colVal{name: f.Key, val: s, null: null})
+	}
+	cols := ob.cols[start:len(ob.cols):len(ob.cols)]
+	// Insertion sort: a row has a handful of columns, often in order.
+	for i := 1; i < len(cols); i++ {
+		for j := i; j > 0 && cols[j].name < cols[j-1].name; j-- {
+			cols[j], cols[j-1] = cols[j-1], cols[j]
+		}
+	}
+	return cols, nil
+}
+
+// dataFields is the event's data as a row's fields, for an action without
+// a projection.
+func dataFields(in *mapping.Input, dst []mapping.Field) ([]mapping.Field, any, bool, error) {
+	obj, err := in.Object()
+	if err != nil {
+		return dst, nil, false, err
+	}
+	m, ok := obj["data"].(map[string]any)
+	if !ok {
+		return dst, obj["data"], false, nil
+	}
+	for k, v := range m {
+		dst = append(dst, mapping.Field{Key: k, Value: v})
+	}
+	return dst, nil, true, nil
+}
+
 // toText is a JSON value as the text PostgreSQL casts to a column type:
 // strings as they are, numbers and booleans as literals, objects and
 // arrays as JSON (for json/jsonb columns), null as NULL.
-func toText(v any) (*string, error) {
-	var s string
+func toText(v any) (s string, null bool, err error) {
 	switch x := v.(type) {
 	case nil:
-		return nil, nil
+		return "", true, nil
 	case string:
-		s = x
+		return x, false, nil
 	case json.Number:
-		s = x.String()
+		return x.String(), false, nil
 	case bool:
-		s = fmt.Sprint(x)
+		return strconv.FormatBool(x), false, nil
 	case int, int64, float64:
-		s = fmt.Sprint(x)
+		return fmt.Sprint(x), false, nil
 	default:
 		b, err := mapping.Marshal(x)
 		if err != nil {
-			return nil, err
+			return "", false, err
 		}
-		s = string(b)
+		return string(b), false, nil
+	}
+}
+
+// toParam is toText for a raw SQL parameter: nil for NULL.
+func toParam(v any) (*string, error) {
+	s, null, err := toText(v)
+	if null || err != nil {
+		return nil, err
 	}
 	return &s, nil
 }
@@ -180,7 +260,7 @@ func typeName(v any) string {
 type folded struct {
 	op   string // upsert, patch or delete
 	key  []string
-	cols map[string]*string
+	cols []colVal
 	pos  uint64
 }
 
@@ -212,39 +292,37 @@ func plan(ops []rowOp, upsertCols func(table string, keyCols []string) []string)
 
 func planRun(run []rowOp, upsertCols func(string, []string) []string) []stmt {
 	table, keyCols := run[0].table, run[0].keyCols
-	var order []string
-	byKey := map[string]*folded{}
-	for _, op := range run {
-		k := strings.Join(op.key, "\x00")
-		prev := byKey[k]
-		if prev == nil {
-			order = append(order, k)
-			f := &folded{op: op.op, key: op.key, cols: op.cols, pos: op.pos}
-			byKey[k] = f
+	rows := make([]folded, 0, len(run)) // in the order keys first appear
+	byKey := make(map[string]int, len(run))
+	for i := range run {
+		op := &run[i]
+		k := op.key[0]
+		if len(op.key) > 1 {
+			k = strings.Join(op.key, "\x00")
+		}
+		j, seen := byKey[k]
+		if !seen {
+			byKey[k] = len(rows)
+			rows = append(rows, folded{op: op.op, key: op.key, cols: op.cols, pos: op.pos})
 			continue
 		}
+		prev := &rows[j]
 		switch {
 		case op.op == ActionUpsert || op.op == ActionDelete:
 			*prev = folded{op: op.op, key: op.key, cols: op.cols, pos: op.pos}
 		case prev.op == ActionDelete: // patch on a deleted row: the row is the patch
 			*prev = folded{op: ActionUpsert, key: op.key, cols: op.cols, pos: op.pos}
 		default: // patch on an upsert or a patch: merge, later columns win
-			merged := make(map[string]*string, len(prev.cols)+len(op.cols))
-			for c, v := range prev.cols {
-				merged[c] = v
-			}
-			for c, v := range op.cols {
-				merged[c] = v
-			}
-			prev.cols, prev.pos = merged, op.pos
+			prev.cols, prev.pos = mergeCols(prev.cols, op.cols), op.pos
 		}
 	}
 
 	var del, ups *stmt
 	patches := map[string]*stmt{}
 	var patchOrder []string
-	for _, k := range order {
-		f := byKey[k]
+	var sig []byte
+	for i := range rows {
+		f := &rows[i]
 		switch f.op {
 		case ActionDelete:
 			if del == nil {
@@ -255,17 +333,23 @@ func planRun(run []rowOp, upsertCols func(string, []string) []string) []stmt {
 			if ups == nil {
 				ups = &stmt{op: ActionUpsert, table: table, keyCols: keyCols, cols: upsertCols(table, keyCols)}
 			}
-			ups.rows = append(ups.rows, row(f, ups.cols))
+			ups.add(f)
 		case ActionPatch:
-			cols := sortedKeys(f.cols)
-			sig := strings.Join(cols, ",")
-			s := patches[sig]
-			if s == nil {
-				s = &stmt{op: ActionPatch, table: table, keyCols: keyCols, cols: cols}
-				patches[sig] = s
-				patchOrder = append(patchOrder, sig)
+			sig = sig[:0]
+			for _, c := range f.cols {
+				sig = append(append(sig, c.name...), 0)
 			}
-			s.rows = append(s.rows, row(f, cols))
+			s := patches[string(sig)] // no allocation for the lookup
+			if s == nil {
+				cols := make([]string, len(f.cols))
+				for j, c := range f.cols {
+					cols[j] = c.name
+				}
+				s = &stmt{op: ActionPatch, table: table, keyCols: keyCols, cols: cols}
+				patches[string(sig)] = s
+				patchOrder = append(patchOrder, string(sig))
+			}
+			s.add(f)
 		}
 	}
 	var out []stmt
@@ -281,22 +365,40 @@ func planRun(run []rowOp, upsertCols func(string, []string) []string) []stmt {
 	return out
 }
 
-func row(f *folded, cols []string) stmtRow {
-	r := stmtRow{key: f.key, pos: f.pos, vals: make([]*string, len(cols))}
-	for i, c := range cols {
-		r.vals[i] = f.cols[c]
+// add appends f as a row of s: its value for each of s's columns, NULL
+// where f has none. Both column lists are sorted.
+func (s *stmt) add(f *folded) {
+	s.rows = append(s.rows, stmtRow{key: f.key, pos: f.pos})
+	j := 0
+	for _, c := range s.cols {
+		for j < len(f.cols) && f.cols[j].name < c {
+			j++
+		}
+		if j < len(f.cols) && f.cols[j].name == c {
+			s.vals = append(s.vals, f.cols[j].ptr())
+		} else {
+			s.vals = append(s.vals, nil)
+		}
 	}
-	return r
 }
 
-// projectOrData is p's output for the event, or its data without p.
-func projectOrData(ctx context.Context, p *mapping.Projection, in *mapping.Input) (any, error) {
-	if p != nil {
-		return p.Run(ctx, in)
+// mergeCols is a's columns updated and extended by b's (both sorted).
+func mergeCols(a, b []colVal) []colVal {
+	out := make([]colVal, 0, len(a)+len(b))
+	i, j := 0, 0
+	for i < len(a) || j < len(b) {
+		switch {
+		case j == len(b) || (i < len(a) && a[i].name < b[j].name):
+			out = append(out, a[i])
+			i++
+		case i == len(a) || b[j].name < a[i].name:
+			out = append(out, b[j])
+			j++
+		default: // the same column: the later write wins
+			out = append(out, b[j])
+			i++
+			j++
+		}
 	}
-	obj, err := in.Object()
-	if err != nil {
-		return nil, err
-	}
-	return obj["data"], nil
+	return out
 }

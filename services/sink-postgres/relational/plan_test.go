@@ -8,13 +8,26 @@ import (
 
 func s(v string) *string { return &v }
 
+// cv is a row's columns as rowOp holds them, sorted by name.
+func cv(m map[string]*string) []colVal {
+	var out []colVal
+	for _, name := range sortedKeys(m) {
+		if m[name] == nil {
+			out = append(out, colVal{name: name, null: true})
+		} else {
+			out = append(out, colVal{name: name, val: *m[name]})
+		}
+	}
+	return out
+}
+
 func show(stmts []stmt) string {
 	var b strings.Builder
 	for _, st := range stmts {
 		fmt.Fprintf(&b, "%s %s %v:", st.op, st.table, st.cols)
-		for _, r := range st.rows {
+		for i, r := range st.rows {
 			fmt.Fprintf(&b, " %v@%d", r.key, r.pos)
-			for _, v := range r.vals {
+			for _, v := range st.vals[i*len(st.cols) : (i+1)*len(st.cols)] {
 				if v == nil {
 					b.WriteString(" NULL")
 				} else {
@@ -33,14 +46,14 @@ func show(stmts []stmt) string {
 func TestPlanFoldsKeysAndKeepsRunsInOrder(t *testing.T) {
 	k := []string{"id"}
 	ops := []rowOp{
-		{op: ActionUpsert, table: "a", keyCols: k, key: []string{"1"}, cols: map[string]*string{"x": s("1")}, pos: 1},
-		{op: ActionPatch, table: "a", keyCols: k, key: []string{"1"}, cols: map[string]*string{"y": s("2")}, pos: 2},
-		{op: ActionPatch, table: "a", keyCols: k, key: []string{"2"}, cols: map[string]*string{"y": s("3")}, pos: 3},
+		{op: ActionUpsert, table: "a", keyCols: k, key: []string{"1"}, cols: cv(map[string]*string{"x": s("1")}), pos: 1},
+		{op: ActionPatch, table: "a", keyCols: k, key: []string{"1"}, cols: cv(map[string]*string{"y": s("2")}), pos: 2},
+		{op: ActionPatch, table: "a", keyCols: k, key: []string{"2"}, cols: cv(map[string]*string{"y": s("3")}), pos: 3},
 		{op: ActionDelete, table: "a", keyCols: k, key: []string{"3"}, pos: 4},
-		{op: ActionPatch, table: "a", keyCols: k, key: []string{"3"}, cols: map[string]*string{"x": s("5")}, pos: 5},
-		{op: ActionUpsert, table: "a", keyCols: k, key: []string{"4"}, cols: map[string]*string{"x": s("6")}, pos: 6},
+		{op: ActionPatch, table: "a", keyCols: k, key: []string{"3"}, cols: cv(map[string]*string{"x": s("5")}), pos: 5},
+		{op: ActionUpsert, table: "a", keyCols: k, key: []string{"4"}, cols: cv(map[string]*string{"x": s("6")}), pos: 6},
 		{op: ActionDelete, table: "a", keyCols: k, key: []string{"4"}, pos: 7},
-		{op: ActionUpsert, table: "b", keyCols: k, key: []string{"1"}, cols: map[string]*string{}, pos: 8},
+		{op: ActionUpsert, table: "b", keyCols: k, key: []string{"1"}, cols: cv(map[string]*string{}), pos: 8},
 		{op: ActionDelete, table: "a", keyCols: k, key: []string{"1"}, pos: 9},
 	}
 	got := show(plan(ops, func(string, []string) []string { return []string{"x", "y"} }))
@@ -60,9 +73,9 @@ func TestPlanFoldsKeysAndKeepsRunsInOrder(t *testing.T) {
 func TestPlanPatchesGroupedByColumns(t *testing.T) {
 	k := []string{"id"}
 	ops := []rowOp{
-		{op: ActionPatch, table: "a", keyCols: k, key: []string{"1"}, cols: map[string]*string{"x": s("1")}, pos: 1},
-		{op: ActionPatch, table: "a", keyCols: k, key: []string{"2"}, cols: map[string]*string{"y": nil}, pos: 2},
-		{op: ActionPatch, table: "a", keyCols: k, key: []string{"3"}, cols: map[string]*string{"x": s("3")}, pos: 3},
+		{op: ActionPatch, table: "a", keyCols: k, key: []string{"1"}, cols: cv(map[string]*string{"x": s("1")}), pos: 1},
+		{op: ActionPatch, table: "a", keyCols: k, key: []string{"2"}, cols: cv(map[string]*string{"y": nil}), pos: 2},
+		{op: ActionPatch, table: "a", keyCols: k, key: []string{"3"}, cols: cv(map[string]*string{"x": s("3")}), pos: 3},
 	}
 	got := show(plan(ops, nil))
 	want := "patch a [x]: [1]@1 1 [3]@3 3\npatch a [y]: [2]@2 NULL\n"

@@ -224,7 +224,7 @@ func rawOp(ctx context.Context, a action, in *mapping.Input) (rowOp, error) {
 		if !ok {
 			return rowOp{}, fmt.Errorf("%s.params: %w :%s (it gave %s)", a.where, ErrMissingParam, n, strings.Join(sortedKeys(m), ", "))
 		}
-		s, err := toText(val)
+		s, err := toParam(val)
 		if err != nil {
 			return rowOp{}, fmt.Errorf("%s.params: :%s: %w", a.where, n, err)
 		}
@@ -276,4 +276,16 @@ func refused(err error) bool {
 func isPermanentSQL(err error) bool {
 	var pe *pgconn.PgError
 	return errors.As(err, &pe) && strings.HasPrefix(pe.Code, "42")
+}
+
+// projectOrData is p's output for the event, or its data without p.
+func projectOrData(ctx context.Context, p *mapping.Projection, in *mapping.Input) (any, error) {
+	if p != nil {
+		return p.Run(ctx, in)
+	}
+	obj, err := in.Object()
+	if err != nil {
+		return nil, err
+	}
+	return obj["data"], nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/jetsync/jetsync/pkg/sink"
@@ -61,6 +62,10 @@ var (
 	_ sink.Preparer           = (*Writer)(nil)
 )
 
+// SessionRandomPageCost is the writer's sessions' random_page_cost unless
+// postgres.url sets one (see Connect).
+const SessionRandomPageCost = "1.1"
+
 // NewWriter validates cfg and compiles its mappings; it connects nothing.
 func NewWriter(cfg Config, log *slog.Logger) (*Writer, error) {
 	if err := cfg.Validate(); err != nil {
@@ -98,6 +103,17 @@ func (w *Writer) Connect(ctx context.Context) error {
 	// statements for more than a round trip.
 	if _, set := pc.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"]; !set {
 		pc.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = idleInTransactionTimeout
+	}
+	// A batch's statements look up its rows by key in tables the sink
+	// keeps hot. With PostgreSQL's default random_page_cost (4, a disk's
+	// seek) the planner joins a batch's hundred deletes to a sequential
+	// scan of the whole table, up to a table of some 100,000 rows: a
+	// quarter of the server's time per batch at 10,000 rows (BENCHMARKS.md,
+	// sink-postgres). 1.1 is the usual setting for data in memory or on
+	// SSD; it is set for the writer's sessions only, unless postgres.url sets
+	// it (?random_page_cost=4).
+	if _, set := pc.ConnConfig.RuntimeParams["random_page_cost"]; !set {
+		pc.ConnConfig.RuntimeParams["random_page_cost"] = SessionRandomPageCost
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
@@ -464,24 +480,23 @@ func (w *Writer) statementSQL(s stmt) (string, []any) {
 	n := len(s.rows)
 	var args []any
 	var sel, names []string
-	addCol := func(name string, vals []*string) {
+	addCol := func(name string, vals textArray) {
 		args = append(args, vals)
 		i := len(args)
 		sel = append(sel, fmt.Sprintf("u.a%d::%s", i, types[name]))
 		names = append(names, quote(name))
 	}
 	for k, c := range s.keyCols {
-		vals := make([]*string, n)
+		vals := make(textArray, n)
 		for r := range s.rows {
-			v := s.rows[r].key[k]
-			vals[r] = &v
+			vals[r] = &s.rows[r].key[k]
 		}
 		addCol(c, vals)
 	}
 	for j, c := range s.cols {
-		vals := make([]*string, n)
+		vals := make(textArray, n)
 		for r := range s.rows {
-			vals[r] = s.rows[r].vals[j]
+			vals[r] = s.vals[r*len(s.cols)+j]
 		}
 		addCol(c, vals)
 	}
@@ -490,17 +505,20 @@ func (w *Writer) statementSQL(s stmt) (string, []any) {
 		pos[r] = int64(s.rows[r].pos)
 	}
 	args = append(args, pos)
-	var unn, alias []string
+	// The arrays are unnested in the select list (a ProjectSet, rows
+	// streamed in step), not by unnest(a, b, …) in FROM, which stores
+	// every row in a tuplestore first: 7% of the server's time per event
+	// (BENCHMARKS.md, sink-postgres).
+	var unn []string
 	for i := range args {
 		typ := "text[]"
 		if i == len(args)-1 {
 			typ = "bigint[]"
 		}
-		unn = append(unn, fmt.Sprintf("$%d::%s", i+1, typ))
-		alias = append(alias, fmt.Sprintf("a%d", i+1))
+		unn = append(unn, fmt.Sprintf("unnest($%d::%s) AS a%d", i+1, typ, i+1))
 	}
 	posArg := fmt.Sprintf("u.a%d", len(args))
-	from := "unnest(" + strings.Join(unn, ", ") + ") AS u(" + strings.Join(alias, ", ") + ")"
+	from := "(SELECT " + strings.Join(unn, ", ") + ") AS u"
 	table := quote(s.table)
 
 	if s.op == ActionDelete {
@@ -546,4 +564,27 @@ func classify(err error, doing string) error {
 		}
 	}
 	return fmt.Errorf("%s: %w", doing, err)
+}
+
+// textArray is a text[] parameter. pgx encodes a []*string by reflection,
+// element by element (7% of the sink's CPU); this it encodes through
+// pgtype's ArrayGetter and TextValuer, without reflecting on each value.
+type textArray []*string
+
+var _ pgtype.ArrayGetter = textArray(nil)
+
+func (a textArray) Dimensions() []pgtype.ArrayDimension {
+	return []pgtype.ArrayDimension{{Length: int32(len(a)), LowerBound: 1}}
+}
+
+// Index is element i: a nil *textValue for NULL.
+func (a textArray) Index(i int) any { return (*textValue)(a[i]) }
+
+func (a textArray) IndexType() any { return (*textValue)(nil) }
+
+// textValue is one non-NULL element of a textArray.
+type textValue string
+
+func (t *textValue) TextValue() (pgtype.Text, error) {
+	return pgtype.Text{String: string(*t), Valid: true}, nil
 }
