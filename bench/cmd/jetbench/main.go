@@ -119,6 +119,7 @@ func main() {
 	sinks := flag.String("sinks", "cache,es,kinesis,postgres", "sinks to measure, comma-separated: cache (Redis), es (Elasticsearch 8: needs Java 17 and Maven, or ES_URL), kinesis (kinesalite: needs Node.js and npm, or KINESIS_ENDPOINT), postgres (PostgreSQL: needs Debian postgresql, or PG_URL)")
 	otherN := flag.Int("other-n", 200_000, "events the es and kinesis catch-ups cover (at most -n): those targets are ~10x slower than Redis")
 	otherRate := flag.Int("other-live-rate", 1000, "events/s appended in the es and kinesis live runs through the bridge; 0 skips them")
+	pgN := flag.Int("pg-n", 0, "events the postgres catch-up covers (at most -n); 0: all of -n, the standard workload")
 	naiveN := flag.Int("naive-n", 50_000, "events the naive synchroniser applies on loopback")
 	latency := flag.Duration("latency", time.Millisecond, "round trip added to the target by a delay proxy (half each way); 0 skips")
 	latNaiveN := flag.Int("latency-naive-n", 3_000, "events the naive synchroniser applies through the delay proxy")
@@ -373,7 +374,11 @@ func main() {
 			}
 		}
 		if pg != nil {
-			b.pgCatchUpTable(pg, b.pgCatchUp(ctx, pg, *otherN, *naiveN, bs))
+			n := b.n
+			if *pgN > 0 {
+				n = min(*pgN, b.n)
+			}
+			b.pgCatchUpTable(pg, b.pgCatchUp(ctx, pg, n, *naiveN, bs))
 		}
 	}
 
