@@ -195,3 +195,63 @@ func (s *PostgresServer) Stop() {
 	}
 	_ = s.cmd(filepath.Join(s.bin, "pg_ctl"), "stop", "-w", "-m", "fast", "-D", data).Run()
 }
+
+// CPU is the CPU time (user and system) the local server's processes have
+// used so far: the postmaster's, its ended children's, and its running
+// children's (the backends). It reads Linux's /proc; ok is false elsewhere
+// and for PG_URL's server. Benchmarks use it to account for the server's
+// share of the machine.
+func (s *PostgresServer) CPU() (cpu time.Duration, ok bool) {
+	if s.External || s.dir == "" {
+		return 0, false
+	}
+	b, err := os.ReadFile(filepath.Join(s.dir, "data", "postmaster.pid"))
+	if err != nil {
+		return 0, false
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	pm, err := strconv.Atoi(strings.TrimSpace(first))
+	if err != nil {
+		return 0, false
+	}
+	f, ok := procStat(pm)
+	if !ok {
+		return 0, false
+	}
+	ticks := f[11] + f[12] + f[13] + f[14] // utime, stime, and its reaped children's
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == pm {
+			continue
+		}
+		if f, ok := procStat(pid); ok && f[1] == pm { // a child: utime, stime
+			ticks += f[11] + f[12]
+		}
+	}
+	const hz = 100 // Linux's USER_HZ
+	return time.Duration(ticks) * time.Second / hz, true
+}
+
+// procStat is /proc/pid/stat's numeric fields after the command name:
+// [1] ppid, [11] utime, [12] stime, [13] cutime, [14] cstime (clock
+// ticks); the others are 0.
+func procStat(pid int) ([15]int, bool) {
+	var out [15]int
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return out, false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return out, false
+	}
+	fields := strings.Fields(string(b[i+1:]))
+	if len(fields) < len(out) {
+		return out, false
+	}
+	for j := range out {
+		out[j], _ = strconv.Atoi(fields[j])
+	}
+	return out, true
+}

@@ -73,7 +73,7 @@ type result struct {
 	bytes   int64         // event data bytes moved
 	cpu     time.Duration // CPU of the measured process, when it is its own
 	rss     int64         // its peak RSS
-	redis   time.Duration // redis-server CPU during the run
+	target  time.Duration // the target server's CPU during the run (redis-server, PostgreSQL), when known
 	driver  time.Duration // this process's CPU (driver + in-process NATS server)
 	batches float64       // average events per batch, when known
 	slow    int           // slow-consumer reports of the sink process
@@ -123,7 +123,7 @@ func (b *bench) rawPublish(ctx context.Context, n int) result {
 	case <-time.After(5 * time.Minute):
 		b.fatalf("raw publish: acks did not complete")
 	}
-	res := result{events: n, elapsed: time.Since(start), bytes: b.rd.dataBytes[n], driver: selfCPU() - cpu0, redis: b.redis.cpu() - r0}
+	res := result{events: n, elapsed: time.Since(start), bytes: b.rd.dataBytes[n], driver: selfCPU() - cpu0, target: b.redis.cpu() - r0}
 	st, err := b.js.Stream(ctx, rawName)
 	if err != nil || st.CachedInfo().State.Msgs != uint64(n) {
 		b.fatalf("raw publish stored %v messages, want %d (%v)", st.CachedInfo().State.Msgs, n, err)
@@ -225,7 +225,7 @@ func (b *bench) rawTarget(ctx context.Context, addr string, n, batch int) result
 			b.fatalf("raw target: %v", err)
 		}
 	}
-	return result{events: n, elapsed: time.Since(start), bytes: b.rd.dataBytes[n], driver: selfCPU() - cpu0, redis: b.redis.cpu() - r0}
+	return result{events: n, elapsed: time.Since(start), bytes: b.rd.dataBytes[n], driver: selfCPU() - cpu0, target: b.redis.cpu() - r0}
 }
 
 // bothCeilings runs the two ceilings side by side, as a sink must do both
@@ -351,7 +351,7 @@ func (b *bench) sinkCatchUp(ctx context.Context, s sinkUnderTest, n int, bs batc
 		p.stop()
 		b.fatalf("%s catch-up: %v\n%s", s.name(), err, p.out.String())
 	}
-	res := result{events: n, elapsed: at.Sub(p.start), bytes: b.rd.dataBytes[n], redis: s.targetCPU() - t0}
+	res := result{events: n, elapsed: at.Sub(p.start), bytes: b.rd.dataBytes[n], target: s.targetCPU() - t0}
 	res.batches = scrapeBatchSize(admin)
 	u, _ := p.stop()
 	res.cpu, res.rss, res.driver = u.cpu, u.maxRSS, selfCPU()-cpu0
@@ -431,7 +431,7 @@ func (b *bench) engineCatchUp(ctx context.Context, redisAddr string, n int, bs b
 			return nil
 		}
 	})
-	res := result{events: n, elapsed: at.Sub(start), redis: b.redis.cpu() - r0}
+	res := result{events: n, elapsed: at.Sub(start), target: b.redis.cpu() - r0}
 	if err != nil {
 		if errRun != nil {
 			b.fatalf("%v", err)
@@ -523,7 +523,7 @@ func (b *bench) readThenWrite(ctx context.Context, name, addr string, n, batch i
 			b.fatalf("%s: %v", name, err)
 		}
 	}
-	return result{events: n, elapsed: time.Since(start), bytes: b.rd.dataBytes[n], driver: selfCPU() - cpu0, redis: b.redis.cpu() - r0}
+	return result{events: n, elapsed: time.Since(start), bytes: b.rd.dataBytes[n], driver: selfCPU() - cpu0, target: b.redis.cpu() - r0}
 }
 
 // --- live -----------------------------------------------------------------

@@ -31,6 +31,7 @@ import (
 type pgSink struct {
 	b     *bench
 	url   string
+	srv   *testenv.PostgresServer
 	pool  *pgxpool.Pool
 	names runNamer
 	table string // the current run's
@@ -73,14 +74,18 @@ func (b *bench) newPGSink(ctx context.Context) *pgSink {
 		sink text PRIMARY KEY, position bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())`); err != nil {
 		b.fatalf("postgres: %v", err)
 	}
-	s := &pgSink{b: b, url: srv.URL, pool: pool}
+	s := &pgSink{b: b, url: srv.URL, pool: pool, srv: srv}
 	b.cleanup = append(b.cleanup, s.stopPolling)
 	return s
 }
 
 func (s *pgSink) name() string             { return "sink-postgres" }
 func (s *pgSink) checkpoints() *cpLog      { return &s.cps }
-func (s *pgSink) targetCPU() time.Duration { return 0 } // the server's processes are not ours to measure
+// targetCPU is the local server's processes' CPU (0 with PG_URL's).
+func (s *pgSink) targetCPU() time.Duration {
+	cpu, _ := s.srv.CPU()
+	return cpu
+}
 
 func (s *pgSink) describe() string {
 	return "sink-postgres mappings: OrderPlaced and OrderUpdated upsert the order's row (customer_id, status, currency, total; key = streamId), " +
@@ -267,7 +272,7 @@ func (s *pgSink) rawTarget(ctx context.Context, n, batch int) result {
 	// The rows are made before the clock starts: the ceiling is the
 	// server's, not this program's JSON decoding.
 	batches := s.rawBatches(n, batch)
-	cpu0 := selfCPU()
+	cpu0, pg0 := selfCPU(), s.targetCPU()
 	start := time.Now()
 	for _, pb := range batches {
 		// One pipeline, one implicit transaction, as the sink sends a batch.
@@ -286,7 +291,7 @@ func (s *pgSink) rawTarget(ctx context.Context, n, batch int) result {
 			s.b.fatalf("postgres raw loader: %v", err)
 		}
 	}
-	return result{events: n, elapsed: time.Since(start), bytes: s.b.rd.dataBytes[n], driver: selfCPU() - cpu0,
+	return result{events: n, elapsed: time.Since(start), bytes: s.b.rd.dataBytes[n], driver: selfCPU() - cpu0, target: s.targetCPU() - pg0,
 		note: fmt.Sprintf("multi-row writes of %d events per transaction with the checkpoint row", batch)}
 }
 
@@ -439,17 +444,39 @@ func (b *bench) pgCatchUpTable(s *pgSink, r pgRuns) {
 	fmt.Fprintln(w, "| | events/s | MB/s | notes |")
 	fmt.Fprintln(w, "|---|---:|---:|---|")
 	b.row(fmt.Sprintf("ceiling: raw ordered-consumer read of %d events", r.n), r.read, "")
-	b.row("ceiling: raw loader, "+r.target[0].note, r.target, "driver CPU "+spread(r.target, cpuPer(func(r result) time.Duration { return r.driver }), "%.1fs"))
+	b.row("ceiling: raw loader, "+r.target[0].note, r.target, "driver CPU "+spread(r.target, cpuPer(func(r result) time.Duration { return r.driver }), "%.1fs")+
+		", PostgreSQL CPU "+spread(r.target, cpuPer(func(r result) time.Duration { return r.target }), "%.1fs"))
 	b.row("both ceilings at once (read and loader side by side)", r.both, "")
-	b.row(fmt.Sprintf("**sink-postgres binary**, position 0 → %d", r.n), r.sinkRes, fmt.Sprintf("peak RSS %s MB, CPU %s s, avg batch %s",
+	b.row(fmt.Sprintf("**sink-postgres binary**, position 0 → %d", r.n), r.sinkRes, fmt.Sprintf("peak RSS %s MB, CPU %s s, driver CPU %s s, PostgreSQL CPU %s s, avg batch %s",
 		spread(r.sinkRes, func(r result) float64 { return float64(r.rss) / 1e6 }, "%.0f"),
 		spread(r.sinkRes, cpuPer(func(r result) time.Duration { return r.cpu }), "%.1f"),
+		spread(r.sinkRes, cpuPer(func(r result) time.Duration { return r.driver }), "%.1f"),
+		spread(r.sinkRes, cpuPer(func(r result) time.Duration { return r.target }), "%.1f"),
 		spread(r.sinkRes, func(r result) float64 { return r.batches }, "%.0f")))
 	b.row(fmt.Sprintf("naive synchroniser (%d events, one autocommit statement each)", r.naive[0].events), r.naive, "")
 	ceil := minOf(rates(r.read), rates(r.target))
 	fmt.Fprintf(w, "\nsink / min(ceilings) = **%.2f** (per repetition: %s)\n", ratio(rates(r.sinkRes), ceil), perRep(rates(r.sinkRes), ceil))
 	fmt.Fprintf(w, "sink / both ceilings at once = **%.2f** (per repetition: %s); target ≥ 0.8\n", ratio(rates(r.sinkRes), rates(r.both)), perRep(rates(r.sinkRes), rates(r.both)))
 	fmt.Fprintf(w, "sink / naive = **%.1f×** (per repetition: %s); target ≥ 10×\n", ratio(rates(r.sinkRes), rates(r.naive)), perRep(rates(r.sinkRes), rates(r.naive)))
+	// Where the machine's CPU goes, per event: what bounds the sink when
+	// everything shares two cores.
+	us := func(rs []result, f func(result) time.Duration) float64 {
+		xs := make([]float64, len(rs))
+		for i, r := range rs {
+			xs[i] = f(r).Seconds() * 1e6 / float64(r.events)
+		}
+		return median(xs)
+	}
+	cpu := func(r result) time.Duration { return r.cpu }
+	drv := func(r result) time.Duration { return r.driver }
+	pgc := func(r result) time.Duration { return r.target }
+	if pg := us(r.sinkRes, pgc); pg > 0 {
+		total := us(r.sinkRes, cpu) + pg + us(r.sinkRes, drv)
+		fmt.Fprintf(w, "\nCPU per event (medians): the sink's run %.1f µs (sink process %.1f, PostgreSQL %.1f, this process: NATS server and checkpoint polls %.1f), "+
+			"%.2f cores busy at its median rate; the raw loader's run %.1f µs (PostgreSQL %.1f, loader %.1f).\n",
+			total, us(r.sinkRes, cpu), pg, us(r.sinkRes, drv), total*median(rates(r.sinkRes))/1e6,
+			us(r.target, pgc)+us(r.target, drv), us(r.target, pgc), us(r.target, drv))
+	}
 	fmt.Fprintln(w, "\nThe sink's time runs from its process start to its jetsync_checkpoints row (polled every 5 ms) reaching the last event. "+
 		"One raw-loader run warms the server up first, unmeasured.")
 }
