@@ -19,7 +19,7 @@ test: deps vet
 drills: deps
 	JETSYNC_DRILL_SCALE=10 go test -count=1 -timeout 60m -v -run 'Drill|Killed|Outage' ./tests/e2e/... | grep -E '^(---|ok|FAIL)|drill|SIGKILL'
 
-## bench: catch-up, ceilings, naive vs batched, sweep, live latency, bridge ingest for Redis (and on a 3-node R3 cluster beside one server); catch-up vs raw loader and naive, live latency for PostgreSQL; appends (bridge HTTP vs raw JetStream, 1 and 5 events, 1 and 32 clients, contended, R3; ~3 min); catch-up vs raw target and live latency for Elasticsearch and Kinesis (~9 min at 1M events, ~2.5 more for es and kinesis: they need Java 17 + Maven and Node.js + npm); see BENCHMARKS.md
+## bench: catch-up, ceilings, naive vs batched, sweep, live latency, bridge ingest for Redis (and on a 3-node R3 cluster beside one server); catch-up over the whole workload vs raw loader and naive (~5 min at 1M events), live latency for PostgreSQL; appends (bridge HTTP vs raw JetStream, 1 and 5 events, 1 and 32 clients, contended, R3; ~3 min); catch-up vs raw target and live latency for Elasticsearch and Kinesis (~9 min at 1M events, ~2.5 more for es and kinesis: they need Java 17 + Maven and Node.js + npm); see BENCHMARKS.md
 bench: deps
 	@mkdir -p .tmp
 	go run ./bench/cmd/jetbench -n $${BENCH_N:-1000000} -o .tmp/bench.md
