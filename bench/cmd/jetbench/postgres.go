@@ -79,8 +79,9 @@ func (b *bench) newPGSink(ctx context.Context) *pgSink {
 	return s
 }
 
-func (s *pgSink) name() string             { return "sink-postgres" }
-func (s *pgSink) checkpoints() *cpLog      { return &s.cps }
+func (s *pgSink) name() string        { return "sink-postgres" }
+func (s *pgSink) checkpoints() *cpLog { return &s.cps }
+
 // targetCPU is the local server's processes' CPU (0 with PG_URL's).
 func (s *pgSink) targetCPU() time.Duration {
 	cpu, _ := s.srv.CPU()
