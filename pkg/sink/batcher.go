@@ -81,16 +81,3 @@ func (b *Batcher) Flush() *Batch {
 	b.batch = Batch{}
 	return &out
 }
-
-// TryFlush hands the batch to out only if a receiver is waiting right now
-// (the writer is idle), and reports whether it did.
-func (b *Batcher) TryFlush(out chan<- *Batch) bool {
-	batch := b.batch
-	select {
-	case out <- &batch:
-		b.batch = Batch{}
-		return true
-	default:
-		return false
-	}
-}

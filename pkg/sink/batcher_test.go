@@ -79,23 +79,3 @@ func TestBackoffGrowsAndIsBounded(t *testing.T) {
 		}
 	}
 }
-
-func TestBatcherTryFlushOnlyToAWaitingReceiver(t *testing.T) {
-	b := NewBatcher(10, 1<<20, time.Second)
-	b.Add(ev(1, 1), time.Unix(0, 0))
-	busy := make(chan *Batch) // nobody receiving: the writer is busy
-	if b.TryFlush(busy) {
-		t.Fatal("TryFlush handed the batch to nobody")
-	}
-	if b.Empty() || b.batch.Len() != 1 {
-		t.Fatal("a failed TryFlush must keep the batch")
-	}
-	got := make(chan *Batch)
-	go func() { got <- <-busy }()
-	for !b.TryFlush(busy) { // the receiver goroutine is about to wait
-		time.Sleep(time.Millisecond)
-	}
-	if out := <-got; out.Len() != 1 || out.Through != 1 || !b.Empty() {
-		t.Fatalf("handed %d events through %d; batcher empty: %v", out.Len(), out.Through, b.Empty())
-	}
-}
