@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -192,7 +193,7 @@ mappings:
   OrderShipped: [{action: patch, table: %[9]s, key: {order_id: "{streamId}"}, project: '{status: "shipped", carrier: .data.carrier}'}]
   OrderCancelled: [{action: delete, table: %[9]s, key: {order_id: "{streamId}"}}]
 `, pgSinkName, b.natsURL, bs.events, int64(bs.bytes), bs.interval, bs.idle, port, s.url, s.table))
-	p, err := startProc(filepath.Join(b.bin, s.name()), "-config", cfg)
+	p, err := startProcEnv(filepath.Join(b.bin, s.name()), strings.Fields(b.sinkEnv), "-config", cfg)
 	if err != nil {
 		b.fatalf("%v", err)
 	}
