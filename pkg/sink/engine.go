@@ -686,7 +686,7 @@ func (e *Engine) batchLoop(ctx context.Context, items <-chan item, consumerClose
 		case it := <-items:
 			// Take what else is queued, up to a batch's worth, without
 			// going back through this select: entered once per event, its
-			// seven cases were 7% of a sink's CPU in a catch-up
+			// many cases were 7% of a sink's CPU in a catch-up
 			// (BENCHMARKS.md, sink-postgres). The other cases (a reset, a
 			// stop) wait at most that long.
 			for taken := 1; ; taken++ {
