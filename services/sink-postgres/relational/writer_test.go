@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -130,5 +131,33 @@ func TestWriterCommitReplyLost(t *testing.T) {
 	}
 	if got := w.last.Load(); got != 1 {
 		t.Fatalf("last = %d, want 1", got)
+	}
+}
+
+// TestWriterSessionRandomPageCost: the writer's sessions plan with
+// random_page_cost 1.1 (a batch's deletes probe the key index rather than
+// scan the table), unless postgres.url sets another.
+func TestWriterSessionRandomPageCost(t *testing.T) {
+	srv := testenv.Postgres(t)
+	ctx := context.Background()
+	show := func(w *Writer) string {
+		var v string
+		if err := w.getPool().QueryRow(ctx, "SHOW random_page_cost").Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	if got := show(newTestWriter(t, srv.URL, "rpc1")); got != SessionRandomPageCost {
+		t.Errorf("random_page_cost = %s, want %s", got, SessionRandomPageCost)
+	}
+	u, err := url.Parse(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("random_page_cost", "4")
+	u.RawQuery = q.Encode()
+	if got := show(newTestWriter(t, u.String(), "rpc2")); got != "4" {
+		t.Errorf("with ?random_page_cost=4 in postgres.url: random_page_cost = %s", got)
 	}
 }
