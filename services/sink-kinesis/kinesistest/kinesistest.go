@@ -138,6 +138,21 @@ func InOrder(recs []Record) map[string][]Record {
 	return out
 }
 
+// FirstCopies keeps, for each stream (category and stream id), the first
+// copy of each position in the order the copies were read.
+func FirstCopies(recs []Record) map[string][]Record {
+	seen := make(map[uint64]bool, len(recs))
+	out := map[string][]Record{}
+	for _, r := range recs {
+		if !seen[r.Position] {
+			seen[r.Position] = true
+			k := r.Category + "/" + r.StreamID
+			out[k] = append(out[k], r)
+		}
+	}
+	return out
+}
+
 // LastCopies keeps, for each stream (category and stream id), the last copy
 // of each position in the order the copies were read: with the sink's
 // guarantee these are every event of the stream once, in order.
