@@ -652,6 +652,38 @@ func (e *Engine) batchLoop(ctx context.Context, items <-chan item, consumerClose
 		}
 		return true, handOff()
 	}
+	// add puts one delivered item in the batch: an event, or a malformed
+	// message the error policy decides on. It reports whether the batch
+	// was handed off (full, or the writer idle); an error ends the loop.
+	add := func(it item, now time.Time) (handedOff bool, err error) {
+		if it.bad == nil {
+			watch.saw(it.ev.Position, now)
+			if b.Add(it.ev, now) {
+				return true, handOff()
+			}
+			return flushIfIdle()
+		}
+		watch.saw(it.bad.Position, now)
+		switch {
+		case e.cfg.OnError == OnErrorStop:
+			e.log.Error("stopping at malformed event", "position", it.bad.Position, "err", it.bad.Err)
+			e.obs.EventFailed("stopped")
+			if err := handOff(); err != nil {
+				return false, err
+			}
+			return false, stopAtMalformed(*it.bad)
+		case e.letters != nil:
+			// Parked by the write loop, which alone changes the parked
+			// streams (park.go).
+			b.Refuse(*it.bad, now)
+		default:
+			if err := e.giveUp(ctx, *it.bad); err != nil {
+				return false, err
+			}
+			b.Skip(it.bad.Position, now)
+		}
+		return false, nil
+	}
 
 	for {
 		select {
@@ -691,42 +723,11 @@ func (e *Engine) batchLoop(ctx context.Context, items <-chan item, consumerClose
 			// stop) wait at most that long.
 			for taken := 1; ; taken++ {
 				now := time.Now()
-				skipArm := false // the batch was handed off
-				if it.bad != nil {
-					watch.saw(it.bad.Position, now)
-				} else {
-					watch.saw(it.ev.Position, now)
-				}
-				if it.bad != nil {
-					if e.cfg.OnError == OnErrorStop {
-						e.log.Error("stopping at malformed event", "position", it.bad.Position, "err", it.bad.Err)
-						e.obs.EventFailed("stopped")
-						if err := handOff(); err != nil {
-							return nil, err
-						}
-						return nil, stopAtMalformed(*it.bad)
-					}
-					if e.letters != nil {
-						// Parked by the write loop, which alone changes the
-						// parked streams (park.go).
-						b.Refuse(*it.bad, now)
-					} else {
-						if err := e.giveUp(ctx, *it.bad); err != nil {
-							return nil, err
-						}
-						b.Skip(it.bad.Position, now)
-					}
-				} else if b.Add(it.ev, now) {
-					if err := handOff(); err != nil {
-						return nil, err
-					}
-					skipArm = true
-				} else if flushed, err := flushIfIdle(); err != nil {
+				handedOff, err := add(it, now)
+				if err != nil {
 					return nil, err
-				} else if flushed {
-					skipArm = true
 				}
-				if !skipArm && !armed {
+				if !handedOff && !armed {
 					if d := b.UntilNext(now); d >= 0 {
 						timer.Reset(d)
 						armed = true

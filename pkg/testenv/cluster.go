@@ -179,16 +179,7 @@ func (c *Cluster) WaitStreamLeader(stream string, timeout time.Duration) *Cluste
 // the test.
 func (c *Cluster) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(c.URLs(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
-	if err != nil {
-		t.Fatalf("connecting to the NATS cluster: %v", err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatalf("jetstream: %v", err)
-	}
-	return nc, js
+	return connectNATS(t, c.URLs())
 }
 
 // EnsureStream provisions an event stream with replicas on the cluster,

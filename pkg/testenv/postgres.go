@@ -229,29 +229,5 @@ func (s *PostgresServer) CPU() (cpu time.Duration, ok bool) {
 			ticks += f[11] + f[12]
 		}
 	}
-	const hz = 100 // Linux's USER_HZ
-	return time.Duration(ticks) * time.Second / hz, true
-}
-
-// procStat is /proc/pid/stat's numeric fields after the command name:
-// [1] ppid, [11] utime, [12] stime, [13] cutime, [14] cstime (clock
-// ticks); the others are 0.
-func procStat(pid int) ([15]int, bool) {
-	var out [15]int
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return out, false
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return out, false
-	}
-	fields := strings.Fields(string(b[i+1:]))
-	if len(fields) < len(out) {
-		return out, false
-	}
-	for j := range out {
-		out[j], _ = strconv.Atoi(fields[j])
-	}
-	return out, true
+	return time.Duration(ticks) * time.Second / userHZ, true
 }

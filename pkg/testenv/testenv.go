@@ -103,9 +103,16 @@ func (n *NATSServer) Stop() {
 // Connect opens a client connection closed at the end of the test.
 func (n *NATSServer) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(n.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	return connectNATS(t, n.URL())
+}
+
+// connectNATS connects to urls (comma-separated), reconnecting for ever,
+// and closes the connection at the end of the test.
+func connectNATS(t testing.TB, urls string) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(urls, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	if err != nil {
-		t.Fatalf("connecting to NATS: %v", err)
+		t.Fatalf("connecting to NATS at %s: %v", urls, err)
 	}
 	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)

@@ -72,20 +72,31 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	return exitUsage
 }
 
-func serveCmd(ctx context.Context, args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+// configOnly parses the arguments of a command whose only flag is -config
+// (help describes it) and loads that config. When ok is false the command
+// exits with code, the problem written to stderr.
+func configOnly(name string, args []string, stderr io.Writer, help string) (cfg Config, code int, ok bool) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	cfgPath := fs.String("config", "", "YAML config `file`; JETSYNC_* environment variables override it")
+	cfgPath := fs.String("config", "", help)
 	if err := fs.Parse(args); err != nil {
-		return exitUsage
+		return cfg, exitUsage, false
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "bridge serve: unexpected argument %q\n%s", fs.Arg(0), usage)
-		return exitUsage
+		fmt.Fprintf(stderr, "bridge %s: unexpected argument %q\n%s", name, fs.Arg(0), usage)
+		return cfg, exitUsage, false
 	}
 	cfg, err := LoadConfig(*cfgPath)
 	if err != nil {
-		return configFailed(stderr, err)
+		return cfg, configFailed(stderr, err), false
+	}
+	return cfg, 0, true
+}
+
+func serveCmd(ctx context.Context, args []string, stderr io.Writer) int {
+	cfg, code, ok := configOnly("serve", args, stderr, "YAML config `file`; JETSYNC_* environment variables override it")
+	if !ok {
+		return code
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	b, err := New(ctx, cfg, log)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -16,19 +15,9 @@ import (
 // CLUSTER=3` runs three, and the cluster drills SIGKILL them. It is the
 // same nats-server the bridge embeds, so nothing else needs installing.
 func natsCmd(ctx context.Context, args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("nats", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfgPath := fs.String("config", "", "YAML config `file` (its nats.embedded section); JETSYNC_* environment variables override it")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "bridge nats: unexpected argument %q\n%s", fs.Arg(0), usage)
-		return exitUsage
-	}
-	cfg, err := LoadConfig(*cfgPath)
-	if err != nil {
-		return configFailed(stderr, err)
+	cfg, code, ok := configOnly("nats", args, stderr, "YAML config `file` (its nats.embedded section); JETSYNC_* environment variables override it")
+	if !ok {
+		return code
 	}
 	if cfg.NATS.URL != "" {
 		fmt.Fprintln(stderr, "bridge nats: nats.url is set; this command runs the server of nats.embedded, so leave nats.url empty in its config")

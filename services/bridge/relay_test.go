@@ -108,6 +108,13 @@ func (e *relayEnv) exec(sql string, args ...any) {
 	}
 }
 
+// createTextTable creates the test's table by hand, its columns text: data
+// and metadata may hold anything, valid or not.
+func (e *relayEnv) createTextTable() {
+	e.exec(`CREATE TABLE ` + e.cfg.Table + ` (id bigserial PRIMARY KEY, transaction_id xid8 NOT NULL DEFAULT pg_current_xact_id(),
+		event_id text, category text, stream_id text, type text, data text, metadata text, created_at timestamptz DEFAULT now())`)
+}
+
 // createOutbox creates the test's table with pkg/outbox's DDL.
 func (e *relayEnv) createOutbox() {
 	e.t.Helper()
@@ -376,9 +383,7 @@ func TestRelayBadRows(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newRelayEnv(t, natsutil.DefaultStreamConfig())
-			// A hand-rolled table: data as text, anything allowed.
-			e.exec(`CREATE TABLE ` + e.cfg.Table + ` (id bigserial PRIMARY KEY, transaction_id xid8 NOT NULL DEFAULT pg_current_xact_id(),
-				event_id text, category text, stream_id text, type text, data text, metadata text, created_at timestamptz DEFAULT now())`)
+			e.createTextTable()
 			for i := 1; i <= 4; i++ {
 				e.exec("INSERT INTO "+e.cfg.Table+" (event_id, category, stream_id, type, data) VALUES ($1, 'order', 'o-1', 'T', '{}')", fmt.Sprintf("ev-%d", i))
 			}
@@ -415,8 +420,7 @@ func TestRelayBadRows(t *testing.T) {
 
 	t.Run("skip", func(t *testing.T) {
 		e := newRelayEnv(t, natsutil.DefaultStreamConfig())
-		e.exec(`CREATE TABLE ` + e.cfg.Table + ` (id bigserial PRIMARY KEY, transaction_id xid8 NOT NULL DEFAULT pg_current_xact_id(),
-			event_id text, category text, stream_id text, type text, data text, metadata text, created_at timestamptz DEFAULT now())`)
+		e.createTextTable()
 		for i := 1; i <= 4; i++ {
 			e.exec("INSERT INTO "+e.cfg.Table+" (event_id, category, stream_id, type, data) VALUES ($1, 'order', 'o-1', 'T', $2)", fmt.Sprintf("ev-%d", i), map[bool]string{true: "nope", false: "{}"}[i == 2])
 		}
@@ -432,8 +436,7 @@ func TestRelayBadRows(t *testing.T) {
 
 	t.Run("dead-letter", func(t *testing.T) {
 		e := newRelayEnv(t, natsutil.DefaultStreamConfig())
-		e.exec(`CREATE TABLE ` + e.cfg.Table + ` (id bigserial PRIMARY KEY, transaction_id xid8 NOT NULL DEFAULT pg_current_xact_id(),
-			event_id text, category text, stream_id text, type text, data text, metadata text, created_at timestamptz DEFAULT now())`)
+		e.createTextTable()
 		for i := 1; i <= 3; i++ {
 			e.exec("INSERT INTO "+e.cfg.Table+" (event_id, category, stream_id, type, data) VALUES ($1, 'order', $2, 'T', '{}')", fmt.Sprintf("ev-%d", i), map[bool]string{true: "o.1", false: "o-1"}[i == 2])
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -24,19 +23,9 @@ import (
 // relayCmd runs the `source:` relay alone, against the NATS server of a
 // running `bridge serve` (nats.url, or the embedded server's fixed port).
 func relayCmd(ctx context.Context, args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("relay", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfgPath := fs.String("config", "", "YAML config `file`; JETSYNC_* environment variables override it")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "bridge relay: unexpected argument %q\n%s", fs.Arg(0), usage)
-		return exitUsage
-	}
-	cfg, err := LoadConfig(*cfgPath)
-	if err != nil {
-		return configFailed(stderr, err)
+	cfg, code, ok := configOnly("relay", args, stderr, "YAML config `file`; JETSYNC_* environment variables override it")
+	if !ok {
+		return code
 	}
 	if !cfg.Source.Enabled() {
 		fmt.Fprintln(stderr, "bridge relay: source.postgres_url is empty; set it (or JETSYNC_SOURCE_POSTGRES_URL) to the database holding source.table")

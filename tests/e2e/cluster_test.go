@@ -234,14 +234,12 @@ func importFile(t *testing.T, streams, perStream int) (string, map[string][]stri
 // runImport runs `bridge import` until it succeeds, as an operator would:
 // it is idempotent, so a run cut short by a node loss is simply run again.
 // It returns how many runs it took.
-func runImport(t *testing.T, bridgeCfg, file string, firstRunDone ...*atomic.Bool) (int, error) {
+func runImport(t *testing.T, bridgeCfg, file string, firstRunDone *atomic.Bool) (int, error) {
 	deadline := time.Now().Add(10 * time.Minute)
 	for run := 1; time.Now().Before(deadline); run++ {
 		p := startProc(t, "bridge", "import", "-config", bridgeCfg, "-progress=false", file)
 		code := p.waitExit(5 * time.Minute)
-		for _, d := range firstRunDone {
-			d.Store(true)
-		}
+		firstRunDone.Store(true)
 		if code == 0 {
 			return run, nil
 		}
@@ -249,6 +247,25 @@ func runImport(t *testing.T, bridgeCfg, file string, firstRunDone ...*atomic.Boo
 		time.Sleep(time.Duration(min(run, 5)) * time.Second)
 	}
 	return 0, fmt.Errorf("bridge import did not succeed in 10 minutes of runs")
+}
+
+// clusterLoad is a cluster drill's traffic: the NDJSON import, run again
+// until it completes, beside the workload's appends through the bridge.
+type clusterLoad struct {
+	importDone, appendDone chan error
+	importRuns             int         // read after importDone
+	firstRunDone           atomic.Bool // the first import run ended
+}
+
+func startClusterLoad(t *testing.T, s *stack, bridgeCfg, file string, w *workload) *clusterLoad {
+	l := &clusterLoad{importDone: make(chan error, 1), appendDone: make(chan error, 1)}
+	go func() {
+		var err error
+		l.importRuns, err = runImport(t, bridgeCfg, file, &l.firstRunDone)
+		l.importDone <- err
+	}()
+	go func() { l.appendDone <- w.appendAll(s, 5, 4) }()
+	return l
 }
 
 func lastLine(s string) string {
@@ -329,23 +346,14 @@ func TestDrillClusterLeaderKilled(t *testing.T) {
 	w := newWorkload(30*scale, 100)
 	sentIDs(w, sent)
 
-	importDone := make(chan error, 1)
-	var importRuns int
-	var firstRunDone atomic.Bool
-	go func() {
-		var err error
-		importRuns, err = runImport(t, bridgeCfg, file, &firstRunDone)
-		importDone <- err
-	}()
-	appendDone := make(chan error, 1)
-	go func() { appendDone <- w.appendAll(s, 5, 4) }()
+	load := startClusterLoad(t, s, bridgeCfg, file, w)
 
 	kills := 2
 	var importing, appending atomic.Bool
 	importing.Store(true)
 	appending.Store(true)
-	go func() { err := <-importDone; importing.Store(false); importDone <- err }()
-	go func() { err := <-appendDone; appending.Store(false); appendDone <- err }()
+	go func() { err := <-load.importDone; importing.Store(false); load.importDone <- err }()
+	go func() { err := <-load.appendDone; appending.Store(false); load.appendDone <- err }()
 	from := uint64(0)
 	for k := 1; k <= kills; k++ {
 		testenv.Eventually(t, 2*time.Minute, func() bool { return s.checkpoint() > from+1000 }, "no progress before kill %d", k)
@@ -370,10 +378,10 @@ func TestDrillClusterLeaderKilled(t *testing.T) {
 		// once is beyond what R3 survives.
 		testenv.Eventually(t, 2*time.Minute, func() bool { return c.healthy(natsutil.DefaultStream) }, "EVENTS never had three current replicas again after %s restarted", leader)
 	}
-	if err := <-importDone; err != nil {
+	if err := <-load.importDone; err != nil {
 		t.Fatal(err)
 	}
-	if err := <-appendDone; err != nil {
+	if err := <-load.appendDone; err != nil {
 		t.Fatal(err)
 	}
 	n := foldEquals(t, c, s, pg, sent)
@@ -382,7 +390,7 @@ func TestDrillClusterLeaderKilled(t *testing.T) {
 		t.Fatalf("sink metrics: %d", code)
 	}
 	t.Logf("drill cluster leader SIGKILL: %d events (%d imported in %d import runs, %d appended live), %d leader kills, %d client retries of 503s; Redis and PostgreSQL equal the fold of the log, 0 lost, 0 applied twice; sink-cache %s",
-		n, 200*scale*100, importRuns, w.total(), kills, s.retries.Load(), metricLine(metrics, "jetsync_sink_consumer_recreated_total"))
+		n, 200*scale*100, load.importRuns, w.total(), kills, s.retries.Load(), metricLine(metrics, "jetsync_sink_consumer_recreated_total"))
 }
 
 // TestDrillClusterStepDownStorm: stream, consumer and meta leader
@@ -397,16 +405,7 @@ func TestDrillClusterStepDownStorm(t *testing.T) {
 	w := newWorkload(40*drillScale(), 99) // 99: the last event of a stream is no cancellation, so sink-postgres keeps rows to compare
 	file, sent := importFile(t, 200*drillScale(), 100)
 	sentIDs(w, sent)
-	importDone := make(chan error, 1)
-	var importRuns int
-	var firstRunDone atomic.Bool
-	go func() {
-		var err error
-		importRuns, err = runImport(t, bridgeCfg, file, &firstRunDone)
-		importDone <- err
-	}()
-	appendDone := make(chan error, 1)
-	go func() { appendDone <- w.appendAll(s, 5, 4) }()
+	load := startClusterLoad(t, s, bridgeCfg, file, w)
 
 	var stepDowns, refused atomic.Int64
 	stop := make(chan struct{})
@@ -449,11 +448,11 @@ func TestDrillClusterStepDownStorm(t *testing.T) {
 			}
 		}
 	})
-	err := <-appendDone
+	err := <-load.appendDone
 	if err == nil {
 		// The storm goes on over the whole first import run and while the
 		// sinks catch up, to a minimum size.
-		testenv.Eventually(t, 5*time.Minute, func() bool { return firstRunDone.Load() && stepDowns.Load() >= int64(15*drillScale()) },
+		testenv.Eventually(t, 5*time.Minute, func() bool { return load.firstRunDone.Load() && stepDowns.Load() >= int64(15*drillScale()) },
 			"only %d step-downs succeeded: the storm did not happen", stepDowns.Load())
 	}
 	close(stop)
@@ -463,13 +462,13 @@ func TestDrillClusterStepDownStorm(t *testing.T) {
 	}
 	// Each step-down during the import costs it a run (an ack that never
 	// comes, 30s); the rest of it runs after the storm.
-	if err := <-importDone; err != nil {
+	if err := <-load.importDone; err != nil {
 		t.Fatal(err)
 	}
 	n := foldEquals(t, c, s, pg, sent)
 	_, metrics := get(s.sinkAdmin + "/metrics")
 	t.Logf("drill step-down storm: %d events (%d imported in %d import runs, %d appended live), %d leader step-downs (%d refused), %d client retries of 503s; Redis and PostgreSQL equal the fold of the log, 0 lost, 0 applied twice; sink-cache %s",
-		n, 200*drillScale()*100, importRuns, w.total(), stepDowns.Load(), refused.Load(), s.retries.Load(), metricLine(metrics, "jetsync_sink_consumer_recreated_total"))
+		n, 200*drillScale()*100, load.importRuns, w.total(), stepDowns.Load(), refused.Load(), s.retries.Load(), metricLine(metrics, "jetsync_sink_consumer_recreated_total"))
 }
 
 // metricLine sums a counter's series in a /metrics page, per label set.

@@ -253,6 +253,23 @@ func killsDuration(kills int) time.Duration {
 var lostLine = regexp.MustCompile(`msg="lease lost: stopped writing, standing by".*`)
 var lastBatchThrough = regexp.MustCompile(`last_batch_through=(\d+)`)
 
+// wakeZombie sends a frozen instance SIGCONT and returns the line it logs
+// on finding it lost the lease.
+func wakeZombie(t *testing.T, z *proc) string {
+	t.Helper()
+	before := len(z.output())
+	if err := z.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	var line string
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		line = lostLine.FindString(z.output()[before:])
+		return line != ""
+	}, "the zombie never logged that it lost the lease:\n%s", lastLines(z.output(), 20))
+	t.Logf("zombie's log after SIGCONT: %s", line)
+	return line
+}
+
 // settledCheckpoint is the checkpoint a just-SIGSTOPped sink froze at: the
 // value once it stopped moving for 300ms. A batch it had sent whole may
 // still commit without it (PostgreSQL and Redis run a sent pipeline to its
@@ -312,16 +329,7 @@ func (g *haGroup) zombie(s *stack, w *workload, perStream int, checkpoint func()
 	}
 	t.Logf("zombie: the new active applied through %d while the zombie was stopped", head)
 
-	before := len(z.output())
-	if err := z.cmd.Process.Signal(syscall.SIGCONT); err != nil {
-		t.Fatal(err)
-	}
-	var line string
-	testenv.Eventually(t, 30*time.Second, func() bool {
-		line = lostLine.FindString(z.output()[before:])
-		return line != ""
-	}, "the zombie never logged that it lost the lease:\n%s", lastLines(z.output(), 20))
-	t.Logf("zombie's log after SIGCONT: %s", line)
+	line := wakeZombie(t, z)
 	// Its last batch is one the target held when it froze. (Its log's
 	// last_batch_at is when it learned so, on waking: a batch committed
 	// while it was frozen is logged after the takeover.)
@@ -719,16 +727,7 @@ func TestDrillStandbyPostgresZombieMidTransaction(t *testing.T) {
 	t.Logf("zombie: the new active fenced the row and applied through %d, %s after the freeze",
 		head, time.Since(stopped).Round(time.Millisecond))
 
-	before := len(z.output())
-	if err := z.cmd.Process.Signal(syscall.SIGCONT); err != nil {
-		t.Fatal(err)
-	}
-	var line string
-	testenv.Eventually(t, 30*time.Second, func() bool {
-		line = lostLine.FindString(z.output()[before:])
-		return line != ""
-	}, "the zombie never logged that it lost the lease:\n%s", lastLines(z.output(), 20))
-	t.Logf("zombie's log after SIGCONT: %s", line)
+	line := wakeZombie(t, z)
 	// Its last batch is the one that committed while it was frozen, before
 	// the takeover (it learns so only on waking, so its log's time is
 	// later): nothing of its own after that.

@@ -22,6 +22,7 @@ import (
 
 	"github.com/jetsync/jetsync/pkg/envelope"
 	"github.com/jetsync/jetsync/pkg/natsutil"
+	"github.com/jetsync/jetsync/pkg/testenv"
 )
 
 // The appends phase: the bridge's append API (`bridge serve` with its
@@ -376,7 +377,7 @@ func (a *appendsEnv) runRow(ctx context.Context, row appendsRow, rep int, dur ti
 	}
 	serverCPU := func() (d time.Duration) {
 		for _, pid := range pids {
-			d += procCPU(pid)
+			d += testenv.ProcessCPU(pid)
 		}
 		return d
 	}

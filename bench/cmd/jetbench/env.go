@@ -22,6 +22,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/jetsync/jetsync/pkg/natsutil"
+	"github.com/jetsync/jetsync/pkg/testenv"
 )
 
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
@@ -80,23 +81,7 @@ func (r *redisServer) stop() {
 }
 
 // cpu is the CPU time redis-server has used so far.
-func (r *redisServer) cpu() time.Duration { return procCPU(r.cmd.Process.Pid) }
-
-// procCPU reads utime+stime of a process from /proc (0 if unavailable).
-func procCPU(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// Fields after the command name, which is in parentheses.
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * (time.Second / 100) // USER_HZ is 100 on Linux
-}
+func (r *redisServer) cpu() time.Duration { return testenv.ProcessCPU(r.cmd.Process.Pid) }
 
 // selfCPU is this process's CPU time (the benchmark driver and the
 // in-process NATS server together).
